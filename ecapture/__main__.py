@@ -1,0 +1,3 @@
+from ecapture.cli import main
+
+raise SystemExit(main())

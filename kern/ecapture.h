@@ -1,0 +1,23 @@
+/* Shared definitions for every ecapture eBPF program and for the host-compiler layout test.
+ *
+ * Structs that cross from kernel to user space live in per-module headers that include this
+ * one. They must compile both under bcc (kernel headers) and with the host C compiler
+ * (tests/unit/test_struct_layout.py compiles them with offsetof), so they use only the
+ * fixed-width __u8..__u64 types from <linux/types.h>.
+ */
+#ifndef ECAPTURE_H
+#define ECAPTURE_H
+
+#include <linux/types.h>
+
+#define ECAP_COMM_LEN 16
+
+/* Every event on a module's shared buffer starts with a __u32 kind, so several structs can
+ * travel on one ring buffer and keep their relative order (a ring buffer is one ordered
+ * queue across CPUs; two buffers would not be). */
+enum ecap_event_kind {
+    ECAP_EVENT_SSL_DATA = 1,
+    ECAP_EVENT_CONN = 2,
+};
+
+#endif

@@ -1,0 +1,75 @@
+/* Kernel-to-user event structs of the OpenSSL ("tls") module.
+ * Declared again in ecapture/structs/openssl.py with the same names, order and offsets. */
+#ifndef ECAPTURE_OPENSSL_H
+#define ECAPTURE_OPENSSL_H
+
+#include "ecapture.h"
+
+#ifndef SSL_CHUNK_SIZE
+#define SSL_CHUNK_SIZE 16384
+#endif
+
+enum ssl_direction {
+    SSL_DIR_READ = 0,  /* plaintext the program received (SSL_read*) */
+    SSL_DIR_WRITE = 1, /* plaintext the program sent (SSL_write*) */
+};
+
+enum ssl_func {
+    SSL_FUNC_READ = 0,
+    SSL_FUNC_WRITE = 1,
+    SSL_FUNC_READ_EX = 2,
+    SSL_FUNC_WRITE_EX = 3,
+};
+
+/* One chunk of the plaintext of one SSL_read/SSL_write call. A call returning more than
+ * SSL_CHUNK_SIZE bytes is emitted as several chunks with increasing `offset`; user space
+ * joins them. Only the header plus data_len bytes of `data` are sent. */
+struct ssl_data_event_t {
+    __u32 kind;         /* ECAP_EVENT_SSL_DATA */
+    __u32 pid;          /* tgid */
+    __u64 timestamp_ns; /* bpf_ktime_get_ns() at the function's return (CLOCK_MONOTONIC) */
+    __u64 start_ns;     /* bpf_ktime_get_ns() at the function's entry: identifies the call */
+    __u64 ssl;          /* the SSL* pointer: identifies the TLS connection in its process */
+    __u32 tid;
+    __u32 uid;
+    __s32 fd;           /* socket fd seen in the call's syscalls, -1 if none seen yet */
+    __s32 version;      /* SSL->version (0x0303 TLS 1.2, 0x0304 TLS 1.3), 0 if unknown */
+    __u32 total_len;    /* plaintext bytes the call returned */
+    __u32 offset;       /* where this chunk starts within the call's plaintext */
+    __u32 data_len;     /* bytes of data[] that are valid and sent */
+    __u8 direction;     /* enum ssl_direction */
+    __u8 func;          /* enum ssl_func */
+    __u16 reserved;
+    char comm[ECAP_COMM_LEN];
+    __u8 data[SSL_CHUNK_SIZE];
+};
+
+enum conn_kind {
+    CONN_CONNECT = 0, /* the process connected: local = client side */
+    CONN_ACCEPT = 1,  /* the process accepted: local = server side */
+    CONN_CLOSE = 2,   /* the socket reached TCP_CLOSE; only sock/pid/fd are meaningful */
+};
+
+/* A TCP connection of a traced process: which fd and 4-tuple it has. Built from tracepoints
+ * only (syscalls:sys_{enter,exit}_{connect,accept,accept4} and sock:inet_sock_set_state),
+ * because kprobes are not available on every kernel. */
+struct conn_event_t {
+    __u32 kind;         /* ECAP_EVENT_CONN */
+    __u32 pid;
+    __u64 timestamp_ns;
+    __u64 sock;         /* kernel struct sock address, the connection's identity */
+    __u32 tid;
+    __u32 uid;
+    __s32 fd;
+    __u16 family;       /* AF_INET (2) or AF_INET6 (10) */
+    __u8 conn;          /* enum conn_kind */
+    __u8 reserved;
+    __u16 lport;        /* host byte order */
+    __u16 rport;        /* host byte order */
+    __u8 laddr[16];     /* IPv4 in the first 4 bytes, network order */
+    __u8 raddr[16];
+    char comm[ECAP_COMM_LEN];
+    __u32 reserved2;    /* explicit tail padding: sizeof is a multiple of 8 */
+};
+
+#endif
