@@ -1,0 +1,95 @@
+"""The text model: one block per event, for people reading a terminal.
+
+A block is a header line (wall-clock time, comm, pid/tid, uid, fd, TLS version), a line
+with the 4-tuple, direction, length and function, then the payload as text, or as a hex
+dump with ``--hex``. Connections and lost events get one line each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TextIO
+
+from ecapture.events import Conn, LostNotice, SslData
+
+
+def wall_time(monotonic_ns: int, clock_offset_ns: int, tz: dt.tzinfo | None = None) -> str:
+    """A kernel CLOCK_MONOTONIC timestamp as wall-clock time, using the recording's
+    CLOCK_REALTIME - CLOCK_MONOTONIC offset; local time zone unless ``tz`` is given."""
+    ns = monotonic_ns + clock_offset_ns
+    when = dt.datetime.fromtimestamp(ns // 1_000_000_000, tz or dt.UTC)
+    if tz is None:
+        when = when.astimezone()
+    when = when.replace(microsecond=(ns // 1000) % 1_000_000)
+    return when.isoformat(sep=" ", timespec="microseconds")
+
+
+def printable(data: bytes) -> str:
+    """Payload as text: UTF-8 where valid, control characters other than newline and tab
+    shown as '.', CRLF shown as a plain newline."""
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\ufffd") else "." for c in text)
+
+
+def hexdump(data: bytes, width: int = 16) -> str:
+    lines = []
+    for off in range(0, len(data), width):
+        row = data[off:off + width]
+        hexpart = " ".join(f"{b:02x}" for b in row)
+        asc = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{off:08x}  {hexpart:<{width * 3 - 1}}  |{asc}|")
+    return "\n".join(lines)
+
+
+def format_event(event: Any, clock_offset_ns: int, hex: bool = False,
+                 tz: dt.tzinfo | None = None) -> str:
+    if isinstance(event, SslData):
+        return _format_data(event, clock_offset_ns, hex, tz)
+    if isinstance(event, Conn):
+        when = wall_time(event.timestamp_ns, clock_offset_ns, tz)
+        who = f"{event.comm} pid {event.pid} fd {event.fd}"
+        if event.kind == "close":
+            return f"{when}  {who}  CLOSE\n"
+        arrow = f"{event.local} -> {event.remote}" if event.kind == "connect" else \
+            f"{event.remote} -> {event.local}"
+        return f"{when}  {who}  {event.kind.upper()}  {arrow}\n"
+    if isinstance(event, LostNotice):
+        when = wall_time(event.recv_ns, clock_offset_ns, tz)
+        return f"{when}  LOST {event.count} events on {event.module}/{event.map_name}\n"
+    return f"{event!r}\n"
+
+
+def _format_data(ev: SslData, clock_offset_ns: int, hex: bool, tz: dt.tzinfo | None) -> str:
+    when = wall_time(ev.timestamp_ns, clock_offset_ns, tz)
+    head = (f"--- {when}  {ev.comm}  pid {ev.pid} tid {ev.tid} uid {ev.uid}  fd {ev.fd}  "
+            f"{ev.version_name}")
+    if ev.conn is not None:
+        src, dst = ev.conn.local, ev.conn.remote
+        if ev.direction == "read":
+            src, dst = dst, src
+        tuple_ = f"{src} -> {dst}"
+    else:
+        tuple_ = "? -> ?"
+    what = "WRITE" if ev.direction == "write" else "READ"
+    size = f"{len(ev.data)} bytes"
+    if ev.missing:
+        size += f" ({ev.missing} of {ev.total_len} lost)"
+    body = hexdump(ev.data) if hex else printable(ev.data)
+    if not body.endswith("\n"):
+        body += "\n"
+    return f"{head}\n    {tuple_}  {what} {size}  [{ev.func}]\n{body}"
+
+
+class TextOutput:
+    def __init__(self, stream: TextIO, clock_offset_ns: int, hex: bool = False,
+                 tz: dt.tzinfo | None = None):
+        self.stream = stream
+        self.clock_offset_ns = clock_offset_ns
+        self.hex = hex
+        self.tz = tz
+
+    def write(self, event: Any) -> None:
+        self.stream.write(format_event(event, self.clock_offset_ns, self.hex, self.tz))
+
+    def close(self) -> None:
+        self.stream.flush()

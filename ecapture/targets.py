@@ -1,0 +1,148 @@
+"""Finding what to attach to: libraries by name, their symbols, versions and build-ids.
+
+Reads files and /proc, needs no root and no bcc. Errors are AttachError with a message that
+says what to install or which option to pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ecapture.errors import AttachError
+
+# Where Debian, Ubuntu, RHEL and friends put shared libraries when ldconfig is unhelpful.
+_LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib",
+)
+
+
+def ldconfig_libraries() -> dict[str, str]:
+    """soname -> path from ``ldconfig -p`` (first entry wins, as for the dynamic loader)."""
+    found: dict[str, str] = {}
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
+        try:
+            out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=False)
+        except OSError:
+            continue
+        for line in out.stdout.splitlines():
+            m = re.match(r"\s*(\S+) \(([^)]*)\) => (\S+)", line)
+            if m and "x86-32" not in m.group(2):
+                found.setdefault(m.group(1), m.group(3))
+        break
+    return found
+
+
+def libraries_of_process(pid: int) -> list[str]:
+    """Paths of the files a process has mapped, as seen from our mount namespace."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError as e:
+        raise AttachError(f"cannot read /proc/{pid}/maps: {e.strerror} (is pid {pid} running?)")
+    paths: list[str] = []
+    for line in maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/") and parts[5] not in paths:
+            path = parts[5].removesuffix(" (deleted)")
+            # A process in another mount namespace (a container) sees other files.
+            rooted = f"/proc/{pid}/root{path}"
+            paths.append(rooted if os.path.exists(rooted) and not os.path.exists(path) else path)
+    return paths
+
+
+def find_library(patterns: Iterable[str], pid: int | None = None) -> str | None:
+    """First library whose file name matches one of ``patterns`` (regexes, in order of
+    preference): in the target process's mappings when a pid is given, else from ldconfig,
+    else from the usual library directories."""
+    regexes = [re.compile(p) for p in patterns]
+    if pid is not None:
+        mapped = libraries_of_process(pid)
+        for rx in regexes:
+            for path in mapped:
+                if rx.fullmatch(os.path.basename(path)):
+                    return path
+    cache = ldconfig_libraries()
+    for rx in regexes:
+        for soname, path in cache.items():
+            if rx.fullmatch(soname) and os.path.exists(path):
+                return path
+    for rx in regexes:
+        for d in _LIB_DIRS:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                continue
+            for name in names:
+                if rx.fullmatch(name):
+                    return os.path.join(d, name)
+    return None
+
+
+@lru_cache(maxsize=32)
+def _elf_info(path: str) -> tuple[frozenset[str], str | None, tuple[str, ...]]:
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            symbols: set[str] = set()
+            for section_name in (".dynsym", ".symtab"):
+                section = elf.get_section_by_name(section_name)
+                if section is None:
+                    continue
+                for sym in section.iter_symbols():  # type: ignore[attr-defined]
+                    if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
+                        symbols.add(sym.name.split("@", 1)[0])
+            build_id = None
+            needed: list[str] = []
+            for section in elf.iter_sections():
+                if section["sh_type"] == "SHT_NOTE":
+                    for note in section.iter_notes():  # type: ignore[attr-defined]
+                        if note["n_type"] == "NT_GNU_BUILD_ID":
+                            build_id = str(note["n_desc"])
+                elif section["sh_type"] == "SHT_DYNAMIC":
+                    for tag in section.iter_tags():  # type: ignore[attr-defined]
+                        if tag.entry.d_tag == "DT_NEEDED":
+                            needed.append(tag.needed)
+            return frozenset(symbols), build_id, tuple(needed)
+    except FileNotFoundError:
+        raise AttachError(f"{path}: no such file") from None
+    except (OSError, ELFError) as e:
+        raise AttachError(f"{path} is not a readable ELF file: {e}") from None
+
+
+def elf_symbols(path: str) -> frozenset[str]:
+    """Names of the functions an ELF file defines (dynamic and static symbol tables)."""
+    return _elf_info(path)[0]
+
+
+def build_id(path: str) -> str | None:
+    return _elf_info(path)[1]
+
+
+def needed_libraries(path: str) -> tuple[str, ...]:
+    return _elf_info(path)[2]
+
+
+def scan_version(path: str, pattern: bytes, chunk: int = 1 << 20) -> str | None:
+    """First match of ``pattern`` (one group) in a file's bytes, read in overlapping chunks."""
+    rx = re.compile(pattern)
+    overlap = 256
+    tail = b""
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                buf = tail + block
+                m = rx.search(buf)
+                if m:
+                    return m.group(1).decode("ascii", "replace")
+                tail = buf[-overlap:]
+    except OSError:
+        return None
+    return None

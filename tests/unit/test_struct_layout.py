@@ -1,0 +1,71 @@
+"""C layout parity: every construct declaration against the C compiler's offsetof/sizeof.
+
+The kern/ headers are compiled by the host C compiler into a tiny program that prints each
+field's offset and size, so a field added, removed or reordered on either side fails here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ecapture.structs import layout
+from ecapture.structs import openssl as openssl_structs
+
+KERN = Path(__file__).resolve().parents[2] / "kern"
+
+# (header, C struct name, construct declaration)
+CASES = [
+    ("openssl.h", name, decl) for name, decl in openssl_structs.STRUCTS.items()
+]
+
+
+def c_layout(tmp_path: Path, header: str, struct: str, fields: list[str]) -> dict[str, int]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler: install gcc (the layout test is not optional)")
+    lines = [f'#include "{header}"', "#include <stdio.h>", "#include <stddef.h>",
+             "int main(void) {",
+             f'  printf("sizeof %zu\\n", sizeof(struct {struct}));']
+    for f in fields:
+        lines.append(f'  printf("{f} %zu %zu\\n", offsetof(struct {struct}, {f}), '
+                     f"sizeof(((struct {struct} *)0)->{f}));")
+    lines += ["  return 0;", "}"]
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run([cc, "-I", str(KERN), "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    result: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[0] == "sizeof":
+            result["sizeof"] = int(parts[1])
+        else:
+            result[parts[0]] = int(parts[1])
+            result[parts[0] + ".size"] = int(parts[2])
+    return result
+
+
+@pytest.mark.parametrize(("header", "struct", "decl"), CASES, ids=[c[1] for c in CASES])
+def test_layout_matches_c(tmp_path: Path, header: str, struct: str, decl: object) -> None:
+    fields = layout(decl)  # type: ignore[arg-type]
+    c = c_layout(tmp_path, header, struct, [f.name for f in fields])
+    for f in fields:
+        assert c[f.name] == f.offset, f"{struct}.{f.name}: C offset {c[f.name]}, ours {f.offset}"
+        if f.size is not None:
+            assert c[f.name + ".size"] == f.size, f"{struct}.{f.name}: size differs"
+    last = fields[-1]
+    if last.size is None:
+        # Variable-length tail: the C array is the maximum, sent only up to data_len.
+        assert c["sizeof"] == last.offset + c[last.name + ".size"]
+    else:
+        assert c["sizeof"] == last.offset + last.size, f"{struct}: sizeof differs (padding?)"
+
+
+def test_chunk_size_matches_header(tmp_path: Path) -> None:
+    c = c_layout(tmp_path, "openssl.h", "ssl_data_event_t", ["data"])
+    assert c["data.size"] == openssl_structs.SSL_CHUNK_SIZE
