@@ -1,0 +1,223 @@
+"""Command line: one subcommand per capture module (from the registry), plus replay and info.
+
+This is the only module that prints. Errors from the EcaptureError hierarchy become one
+line on stderr and a non-zero exit status; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ecapture import __version__
+from ecapture import modules as registry
+from ecapture.errors import ConfigError, EcaptureError
+from ecapture.modules.base import Module
+from ecapture.outputs.text import TextOutput
+from ecapture.pipeline import Pipeline, bind, bind_from_metadata
+from ecapture.record import Lost, Record
+
+MODELS = ("text",)
+DEMO = "tls/curl_http11.ecap"
+
+
+def default_recording() -> Path:
+    """The demo recording: shipped in the package, or in the source tree's fixtures."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data" / "demo.ecap",
+                      here.parent / "fixtures" / "recordings" / DEMO):
+        if candidate.exists():
+            return candidate
+    raise ConfigError("no recording given and the demo recording is not installed; "
+                      "pass a FILE")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecapture",
+        description="Capture TLS plaintext with eBPF; record raw events and replay them.",
+        epilog="examples:\n  sudo ecapture tls --record cap.ecap\n  ecapture replay cap.ecap"
+               "\n  ecapture info cap.ecap",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ecapture {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for module in registry.MODULES:
+        p = sub.add_parser(module.name, aliases=list(module.aliases), help=module.help,
+                           description=module.help)
+        for option in module.options:
+            option.add_to(p)
+        p.add_argument("-m", "--model", choices=MODELS, default="text",
+                       help="output model (default: text)")
+        p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
+        p.add_argument("--record", metavar="FILE",
+                       help="also record raw events to FILE (.ecap, created mode 0600)")
+        p.add_argument("--duration", type=_positive, metavar="SECONDS",
+                       help="stop after this many seconds (default: until Ctrl-C)")
+        p.add_argument("--perf-buffer", action="store_true",
+                       help="use perf buffers even where the kernel has ring buffers")
+        p.add_argument("--mapsize", type=int, default=8, metavar="MiB",
+                       help="size of the event buffer in MiB (default: 8)")
+        p.add_argument("--dump-ebpf", action="store_true",
+                       help="print the eBPF source and compiler flags, then exit")
+        p.set_defaults(run=_run_live, module_cls=module)
+
+    p = sub.add_parser("replay", help="replay a recording through the same decoders and outputs",
+                       description="Replay a recording offline: no root, no bcc needed. "
+                                   "Without FILE, replays the shipped demo recording.")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("-m", "--model", choices=MODELS, default="text")
+    p.add_argument("-p", "--pid", type=int, help="only events of this process id")
+    p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
+    p.set_defaults(run=_run_replay)
+
+    p = sub.add_parser("info", help="print a recording's metadata and counts")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=_run_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except EcaptureError as e:
+        print(f"ecapture: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        # Output piped into head(1) and friends: not an error of ours.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- live ------------------------------------------------------------------------------
+
+def _run_live(args: argparse.Namespace) -> int:
+    # Imported here so that replay and info never import the live layer.
+    from ecapture.live.session import LiveSession
+    from ecapture.metadata import build_metadata
+    from ecapture.record.writer import Writer
+
+    module_cls: type[Module] = args.module_cls
+    module = module_cls({o.dest: getattr(args, o.dest) for o in module_cls.options})
+    bindings = bind([module])
+    items: list[Record | Lost] = []
+    session = LiveSession(module, bindings, items.append, force_perf=args.perf_buffer,
+                          ringbuf_pages=max(1, args.mapsize * 256))
+    if args.dump_ebpf:
+        return _dump_ebpf(session)
+    session.init()
+
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum  # type: ignore[assignment]
+        session.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    writer = None
+    pipeline = None
+    try:
+        session.start()
+        meta = build_metadata([module], bindings,
+                              extra={"live": session.describe(), "model": args.model})
+        if args.record:
+            writer = Writer(args.record, meta)
+        pipeline = Pipeline(bindings, [TextOutput(sys.stdout, meta["clock_offset_ns"],
+                                                  hex=args.hex)])
+        buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
+        print(f"ecapture: {module.name}: {len(session.attached)} probes attached to "
+              f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}); "
+              "Ctrl-C to stop", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while stop["signal"] is None:
+            session.poll_once()
+            _deliver(items, writer, pipeline)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        session.drain()
+        _deliver(items, writer, pipeline)
+    finally:
+        session.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pipeline is not None:
+            pipeline.close()
+        if writer is not None:
+            writer.close()
+    return 0
+
+
+def _deliver(items: list[Record | Lost], writer: Any, pipeline: Pipeline) -> None:
+    batch = items[:]
+    items.clear()
+    for item in batch:
+        if writer is not None:
+            writer.write(item)  # the tee: recorded raw, before any decoding
+        pipeline.feed(item)
+    if writer is not None:
+        writer.flush()
+    sys.stdout.flush()
+
+
+def _dump_ebpf(session: Any) -> int:
+    from ecapture.live import prereq
+    from ecapture.live.session import kern_dir
+
+    session.module.check()
+    session.module.init()
+    session.features.ringbuf = prereq.has_ringbuf() and not session.force_perf
+    print(f"// cflags: {' '.join(session.cflags())}")
+    print((kern_dir() / session.module.source).read_text(), end="")
+    return 0
+
+
+# -- offline -----------------------------------------------------------------------------
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from ecapture.record.reader import Reader
+
+    path = Path(args.file) if args.file else default_recording()
+    reader = Reader(str(path))
+    bindings = bind_from_metadata(reader.metadata)
+    pid = args.pid
+    pipeline = Pipeline(
+        bindings,
+        [TextOutput(sys.stdout, int(reader.metadata.get("clock_offset_ns", 0)), hex=args.hex)],
+        accept=None if pid is None else (lambda ev: getattr(ev, "pid", pid) == pid))
+    for item in reader:
+        pipeline.feed(item)
+    pipeline.close()
+    status = reader.status
+    if status.corrupt_frames:
+        print(f"ecapture: warning: {path}: skipped {status.corrupt_frames} corrupt records",
+              file=sys.stderr)
+    if status.truncated:
+        print(f"ecapture: warning: {path} is truncated: the last {status.truncated_bytes} bytes "
+              "were an incomplete record; everything before them was replayed",
+              file=sys.stderr)
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from ecapture.record.info import format_info, summarize
+
+    print(format_info(summarize(args.file)), end="")
+    return 0

@@ -1,0 +1,51 @@
+"""Import Debian's bcc from our own Python.
+
+bcc is pure Python over libbcc.so, but Debian installs it for the system interpreter only
+(/usr/lib/python3/dist-packages). A virtualenv or another CPython cannot see it, so we load
+just the ``bcc`` package from there, without putting all of dist-packages on sys.path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+from ecapture.errors import PrerequisiteError
+
+SEARCH = ("/usr/lib/python3/dist-packages", "/usr/lib/python3/site-packages",
+          "/usr/local/lib/python3/dist-packages")
+INSTALL_HINT = "install it with: apt-get install python3-bpfcc libbpfcc bpfcc-tools"
+
+
+def load_bcc() -> ModuleType:
+    if "bcc" in sys.modules:
+        return sys.modules["bcc"]
+    try:
+        return importlib.import_module("bcc")
+    except ImportError:
+        pass
+    for base in SEARCH:
+        init = os.path.join(base, "bcc", "__init__.py")
+        if not os.path.exists(init):
+            continue
+        spec = importlib.util.spec_from_file_location(
+            "bcc", init, submodule_search_locations=[os.path.dirname(init)])
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bcc"] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # libbcc.so missing or broken: bcc raises at import
+            del sys.modules["bcc"]
+            raise PrerequisiteError(f"bcc found at {base} but failed to load ({e}); "
+                                    f"{INSTALL_HINT}") from None
+        if not hasattr(module, "BPF"):
+            # The PyPI package called "bcc" is an unrelated math library.
+            del sys.modules["bcc"]
+            continue
+        return module
+    raise PrerequisiteError(f"bcc (BPF Compiler Collection) is not installed; {INSTALL_HINT}")

@@ -1,0 +1,65 @@
+"""Checks that run before anything is compiled or attached; each failure is one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from ecapture.errors import AttachError, PrerequisiteError
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or kernel_release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise PrerequisiteError("live capture needs root (eBPF programs and uprobes); run it "
+                                "with sudo, or replay a recording with 'ecapture replay FILE'")
+
+
+def check_kernel_headers() -> str:
+    """bcc compiles at start-up against the running kernel's headers."""
+    build = f"/lib/modules/{kernel_release()}/build"
+    if os.path.isdir(os.path.join(build, "include")):
+        return build
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):  # CONFIG_IKHEADERS: bcc uses it
+        return "/sys/kernel/kheaders.tar.xz"
+    raise PrerequisiteError(f"kernel headers not found at {build}: install "
+                            f"linux-headers-{kernel_release()}, or run scripts/setup.sh, which "
+                            "links the closest Debian headers there")
+
+
+def tracefs() -> str:
+    """Where tracefs is mounted; mount it if it is not (we are root by now)."""
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    try:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS_CANDIDATES[0]],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if os.path.isdir(os.path.join(TRACEFS_CANDIDATES[0], "events")):
+        return TRACEFS_CANDIDATES[0]
+    raise PrerequisiteError("tracefs is not mounted and could not be mounted: run "
+                            "'mount -t tracefs nodev /sys/kernel/tracing'")
+
+
+def check_tracepoint(root: str, name: str) -> None:
+    category, event = name.split(":", 1)
+    if not os.path.isdir(os.path.join(root, "events", category, event)):
+        raise AttachError(f"tracepoint {name} is not available on kernel {kernel_release()}")
+
+
+def has_ringbuf() -> bool:
+    """BPF ring buffers arrived in Linux 5.8; older kernels get perf buffers."""
+    return kernel_version() >= (5, 8)
