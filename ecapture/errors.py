@@ -18,6 +18,10 @@ class RecordFormatError(EcaptureError):
     """A recording that cannot be read: wrong magic, unknown format version, bad header."""
 
 
+class RecordWriteError(EcaptureError):
+    """The recording could not be created or written (disk full, permissions, ...)."""
+
+
 class DecodeError(EcaptureError):
     """Raw event bytes that do not match the struct they claim to be."""
 

@@ -76,7 +76,7 @@ class Pipeline:
         self.bindings = {b.map_id: b for b in bindings}
         self.outputs = outputs
         self.accept = accept
-        self.warn = warn or (lambda msg: print(f"ecapture: warning: {msg}", file=sys.stderr))
+        self.warn = warn or (lambda msg: sys.stderr.write(f"ecapture: warning: {msg}\n"))
         self.decode_errors = 0
         self.events = 0
 

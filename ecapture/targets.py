@@ -46,7 +46,8 @@ def libraries_of_process(pid: int) -> list[str]:
     try:
         maps = Path(f"/proc/{pid}/maps").read_text()
     except OSError as e:
-        raise AttachError(f"cannot read /proc/{pid}/maps: {e.strerror} (is pid {pid} running?)")
+        raise AttachError(
+            f"cannot read /proc/{pid}/maps: {e.strerror} (is pid {pid} running?)") from None
     paths: list[str] = []
     for line in maps.splitlines():
         parts = line.split(maxsplit=5)

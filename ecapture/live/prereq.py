@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -43,11 +44,9 @@ def tracefs() -> str:
     for path in TRACEFS_CANDIDATES:
         if os.path.isdir(os.path.join(path, "events")):
             return path
-    try:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
         subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS_CANDIDATES[0]],
                        check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        pass
     if os.path.isdir(os.path.join(TRACEFS_CANDIDATES[0], "events")):
         return TRACEFS_CANDIDATES[0]
     raise PrerequisiteError("tracefs is not mounted and could not be mounted: run "

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from ecapture.assemble import ChunkJoiner, ConnTable
 from ecapture.errors import AttachError, ConfigError, DecodeError
@@ -31,7 +31,8 @@ LIBSSL_PATTERNS = (r"libssl\.so\.3", r"libssl\.so\.1\.1", r"libssl\.so")
 VERSION_RE = rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)[ -]"
 
 FUNCS = {0: "SSL_read", 1: "SSL_write", 2: "SSL_read_ex", 3: "SSL_write_ex"}
-CONN_KINDS = {0: "connect", 1: "accept", 2: "close"}
+CONN_KINDS: dict[int, Literal["connect", "accept", "close"]] = {
+    0: "connect", 1: "accept", 2: "close"}
 MAX_CHUNKS = 256  # per call: 4 MiB of plaintext with 16 KiB chunks
 
 
