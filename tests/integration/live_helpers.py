@@ -1,0 +1,89 @@
+"""Helpers for the live tests: the programs they drive, and running ecapture around them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read_log(self, n: int, timeout: float = 10) -> list[dict[str, object]]:
+        """Wait for the server's first n request lines."""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while len(self.log) < n and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line:
+                self.log.append(json.loads(line))
+        return self.log
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@dataclass
+class Capture:
+    proc: subprocess.Popen[bytes]
+    out_path: Path
+    err_path: Path
+    record: Path | None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> str:
+        # Let the last events arrive: the poll loop runs every 100 ms.
+        time.sleep(0.5)
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        err = self.err_path.read_text()
+        assert rc == 0, f"ecapture exited {rc}: {err}"
+        return self.out_path.read_text()
+
+
+def ecapture_cmd() -> list[str]:
+    return [sys.executable, "-m", "ecapture"]
+
+
+def run_client(port: int, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run([sys.executable, str(PROGRAMS / "https_client.py"), str(port), *args],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def replay(path: Path, *args: str) -> str:
+    return subprocess.run([*ecapture_cmd(), "replay", str(path), *args], check=True,
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "TZ": "UTC"}).stdout

@@ -1,0 +1,208 @@
+"""Live capture of real TLS programs on 127.0.0.1, checked against ground truth: the
+server's own log of client addresses, the client's own view of its socket, the exact
+bytes sent, and the kernel's list of loaded programs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from live_helpers import PROGRAMS, ROOT, Server, replay, run_client
+
+from ecapture.events import SslData
+from ecapture.testing.replay import replay_events
+
+sys.path.insert(0, str(PROGRAMS))
+from https_client import pattern  # noqa: E402
+
+PRIME = 23
+
+
+def data_events(path: Path | None, pid: int | None = None) -> list[SslData]:
+    assert path is not None
+    return [e for e in replay_events(path)
+            if isinstance(e, SslData) and (pid is None or e.pid == pid)]
+
+
+def test_curl_request_response_and_tuples(capture, https_server: Server) -> None:
+    cap = capture()
+    port = https_server.port
+    subprocess.run(["curl", "-sk", f"https://127.0.0.1:{port}/hello"], check=True,
+                   capture_output=True, timeout=30)
+    text = cap.stop()
+    (entry,) = https_server.read_log(1)
+    client = f"127.0.0.1:{entry['client'][1]}"  # type: ignore[index]
+    server = f"127.0.0.1:{port}"
+
+    events = data_events(cap.record)
+    curl = [e for e in events if e.comm == "curl"]
+    req = [e for e in curl if e.direction == "write" and e.data.startswith(b"GET /hello ")]
+    resp = [e for e in curl if e.direction == "read" and b"hello /hello" in e.data]
+    assert len(req) == 1 and len(resp) == 1
+    for e in (req[0], resp[0]):
+        assert e.conn is not None and e.conn.kind == "connect"
+        assert (e.conn.local, e.conn.remote) == (client, server)
+        assert e.version_name in ("TLSv1.2", "TLSv1.3")
+    # The server side of the same connection, seen in the same capture.
+    srv = [e for e in events if e.pid == https_server.pid]
+    srv_req = [e for e in srv if e.direction == "read" and e.data.startswith(b"GET /hello ")]
+    assert len(srv_req) == 1
+    assert srv_req[0].conn is not None and srv_req[0].conn.kind == "accept"
+    assert (srv_req[0].conn.local, srv_req[0].conn.remote) == (server, client)
+    # What a user reads on the terminal.
+    assert f"{client} -> {server}  WRITE" in text
+    assert f"{server} -> {client}  READ" in text
+    assert "GET /hello HTTP/1.1" in text
+
+
+def test_prime_count_workload_exact_with_tuples(capture, https_server: Server) -> None:
+    cap = capture()
+    paths = [f"/req-{i:02d}" for i in range(PRIME)]
+    results = run_client(https_server.port, "get", *paths)
+    cap.stop()
+    assert [r["status"] for r in results] == [200] * PRIME
+    local_port = {r["path"]: r["local_port"] for r in results}
+    events = data_events(cap.record)
+
+    client_reqs = [e for e in events if e.pid != https_server.pid and e.direction == "write"
+                   and e.data.startswith(b"GET /req-")]
+    assert len(client_reqs) == PRIME
+    for e in client_reqs:
+        path = e.data.split()[1].decode()
+        assert e.conn is not None
+        assert e.conn.local == f"127.0.0.1:{local_port[path]}"
+        assert e.conn.remote == f"127.0.0.1:{https_server.port}"
+    assert sorted(e.data.split()[1].decode() for e in client_reqs) == paths
+
+    server_reqs = [e for e in events if e.pid == https_server.pid and e.direction == "read"
+                   and e.data.startswith(b"GET /req-")]
+    assert len(server_reqs) == PRIME
+    for e in server_reqs:
+        path = e.data.split()[1].decode()
+        assert e.conn is not None
+        assert e.conn.remote == f"127.0.0.1:{local_port[path]}"
+
+
+def test_server_side_with_pid_filter_excludes_others(capture, https_server: Server) -> None:
+    cap = capture("--pid", str(https_server.pid))
+    port = https_server.port
+    for i in range(3):
+        subprocess.run(["curl", "-sk", f"https://127.0.0.1:{port}/curl-{i}"], check=True,
+                       capture_output=True, timeout=30)
+    run_client(port, "get", "/py-0", "/py-1")
+    cap.stop()
+    log = https_server.read_log(5)
+    clients = {e["path"]: f"127.0.0.1:{e['client'][1]}" for e in log}  # type: ignore[index]
+    events = data_events(cap.record)
+    assert events, "nothing captured from the server"
+    assert {e.pid for e in events} == {https_server.pid}
+    reqs = [e for e in events if e.direction == "read" and e.data.startswith(b"GET /")]
+    assert sorted(e.data.split()[1].decode() for e in reqs) == sorted(clients)
+    for e in reqs:
+        assert e.conn is not None and e.conn.kind == "accept"
+        assert e.conn.remote == clients[e.data.split()[1].decode()]
+        assert e.conn.local == f"127.0.0.1:{port}"
+    responses = [e for e in events if e.direction == "write" and b"hello /" in e.data]
+    assert len(responses) == 5
+
+
+def test_one_mib_upload_captured_whole(capture, https_server: Server) -> None:
+    size = 1 << 20
+    cap = capture()
+    (result,) = run_client(https_server.port, "upload", str(size))
+    cap.stop()
+    (entry,) = https_server.read_log(1)
+    assert entry["length"] == size
+    payload = pattern(size)
+    events = data_events(cap.record)
+    # Client side: http.client sends the body in one sendall -> one SSL_write_ex of 1 MiB.
+    whole = [e for e in events if e.direction == "write" and e.data == payload]
+    assert len(whole) == 1, [len(e.data) for e in events if e.direction == "write"]
+    assert whole[0].missing == 0 and whole[0].func == "SSL_write_ex"
+    # Server side: many reads whose concatenation is the request, body byte-exact.
+    server_in = b"".join(e.data for e in events
+                         if e.pid == https_server.pid and e.direction == "read")
+    assert server_in.endswith(payload)
+    assert f"sha256={entry['sha256']}" in str(result["body"])
+
+
+def _our_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line for line in out.splitlines() if "uprobe_SSL_" in line
+            or "uretprobe_SSL_" in line]
+
+
+def _uprobe_events() -> str:
+    for path in ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events"):
+        if os.path.exists(path):
+            return Path(path).read_text()
+    return ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_detaches_everything(capture, sig: int) -> None:
+    if shutil.which("bpftool") is None:
+        pytest.fail("bpftool is not installed (scripts/setup.sh installs it)")
+    before = len(_our_programs())
+    cap = capture()
+    assert len(_our_programs()) > before, "bpftool does not list our programs while attached"
+    cap.stop(sig)
+    assert len(_our_programs()) == before
+    assert f"bcc_{cap.proc.pid}" not in _uprobe_events()
+    assert "clean" in subprocess.run([sys.executable, "-m", "ecapture", "info",
+                                      str(cap.record)], capture_output=True, text=True,
+                                     check=True, cwd=ROOT).stdout
+
+
+def test_replay_equals_live_as_unprivileged_user_without_bcc(capture, https_server: Server,
+                                                             tmp_path: Path) -> None:
+    cap = capture()
+    subprocess.run(["curl", "-sk", f"https://127.0.0.1:{https_server.port}/replay"],
+                   check=True, capture_output=True, timeout=30)
+    run_client(https_server.port, "get", "/replay-py")
+    live = cap.stop()
+    assert "GET /replay HTTP/1.1" in live
+    assert replay(cap.record) == live  # type: ignore[arg-type]
+
+    # Now as nobody, with bcc made unimportable, from a copy nobody may read.
+    assert cap.record is not None and oct(cap.record.stat().st_mode & 0o777) == "0o600"
+    shared = Path("/tmp") / f"ecapture-replay-{os.getpid()}"
+    shared.mkdir(exist_ok=True)
+    copy = shared / "cap.ecap"
+    shutil.copyfile(cap.record, copy)
+    os.chmod(shared, 0o755)
+    os.chmod(copy, 0o644)
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    setpriv = shutil.which("setpriv")
+    assert python and setpriv, "needs /usr/bin/python3 and setpriv (util-linux)"
+    # A "laptop": only the pure-Python packages, copied where nobody can read them.
+    import construct
+    import elftools
+
+    import ecapture
+
+    site = shared / "site"
+    for pkg in (construct, elftools, ecapture):
+        shutil.copytree(Path(pkg.__file__).parent, site / pkg.__name__,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
+    sitepath = str(site)
+    code = ("import sys; sys.modules['bcc'] = None; "  # any 'import bcc' now fails
+            "from ecapture.cli import main; rc = main(['replay', sys.argv[1]]); "
+            "assert 'ecapture.live' not in sys.modules; sys.exit(rc)")
+    try:
+        out = subprocess.run(
+            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c",
+             code, str(copy)],
+            capture_output=True, text=True, cwd="/",
+            env={"PYTHONPATH": sitepath, "TZ": "UTC", "PATH": "/usr/bin:/bin"})
+    finally:
+        shutil.rmtree(shared)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == live
