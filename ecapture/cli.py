@@ -23,6 +23,7 @@ from ecapture.pipeline import Pipeline, bind, bind_from_metadata
 from ecapture.record import Lost, Record
 
 MODELS = ("text",)
+DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
 DEMO = "tls/curl_http11.ecap"
 
 
@@ -206,6 +207,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         pipeline.feed(item)
     pipeline.close()
     status = reader.status
+    damaged = bool(status.truncated or status.corrupt_frames)
     if status.corrupt_frames:
         print(f"ecapture: warning: {path}: skipped {status.corrupt_frames} corrupt records",
               file=sys.stderr)
@@ -213,11 +215,14 @@ def _run_replay(args: argparse.Namespace) -> int:
         print(f"ecapture: warning: {path} is truncated: the last {status.truncated_bytes} bytes "
               "were an incomplete record; everything before them was replayed",
               file=sys.stderr)
-    return 0
+    # Everything readable was replayed; a non-zero status still tells scripts the file is
+    # damaged (a capture killed with -9 ends like this).
+    return DAMAGED if damaged else 0
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from ecapture.record.info import format_info, summarize
 
-    print(format_info(summarize(args.file)), end="")
-    return 0
+    info = summarize(args.file)
+    print(format_info(info).rstrip("\n"))
+    return 0 if info.status.clean_end and not info.status.corrupt_frames else DAMAGED

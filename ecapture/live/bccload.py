@@ -21,7 +21,7 @@ INSTALL_HINT = "install it with: apt-get install python3-bpfcc libbpfcc bpfcc-to
 
 
 def load_bcc() -> ModuleType:
-    if "bcc" in sys.modules:
+    if sys.modules.get("bcc") is not None:
         return sys.modules["bcc"]
     try:
         return importlib.import_module("bcc")

@@ -87,3 +87,29 @@ def replay(path: Path, *args: str) -> str:
     return subprocess.run([*ecapture_cmd(), "replay", str(path), *args], check=True,
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TZ": "UTC"}).stdout
+
+
+def unprivileged_python(workdir: Path) -> list[str]:
+    """A command prefix running the system python3 as nobody, with only ecapture and its
+    pure-Python dependencies importable (copied under ``workdir``, readable by all): what a
+    user without root and without bcc has. Our own interpreter may live under /root."""
+    import shutil
+
+    import construct
+    import elftools
+
+    import ecapture
+
+    site = workdir / "site"
+    for pkg in (construct, elftools, ecapture):
+        dest = site / pkg.__name__
+        if not dest.exists():
+            shutil.copytree(Path(pkg.__file__).parent, dest,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rX", str(workdir)], check=True)
+    os.chmod(workdir, 0o755)
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    setpriv = shutil.which("setpriv")
+    assert python and setpriv, "needs /usr/bin/python3 and setpriv (util-linux)"
+    return ["env", "-i", f"PYTHONPATH={site}", "TZ=UTC", "PATH=/usr/bin:/bin", setpriv,
+            "--reuid=nobody", "--regid=nogroup", "--clear-groups", python]

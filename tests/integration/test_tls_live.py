@@ -9,10 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server, replay, run_client
+from live_helpers import PROGRAMS, ROOT, Server, replay, run_client, unprivileged_python
 
 from ecapture.events import SslData
 from ecapture.testing.replay import replay_events
@@ -172,36 +173,16 @@ def test_replay_equals_live_as_unprivileged_user_without_bcc(capture, https_serv
 
     # Now as nobody, with bcc made unimportable, from a copy nobody may read.
     assert cap.record is not None and oct(cap.record.stat().st_mode & 0o777) == "0o600"
-    shared = Path("/tmp") / f"ecapture-replay-{os.getpid()}"
-    shared.mkdir(exist_ok=True)
-    copy = shared / "cap.ecap"
-    shutil.copyfile(cap.record, copy)
-    os.chmod(shared, 0o755)
-    os.chmod(copy, 0o644)
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    setpriv = shutil.which("setpriv")
-    assert python and setpriv, "needs /usr/bin/python3 and setpriv (util-linux)"
-    # A "laptop": only the pure-Python packages, copied where nobody can read them.
-    import construct
-    import elftools
-
-    import ecapture
-
-    site = shared / "site"
-    for pkg in (construct, elftools, ecapture):
-        shutil.copytree(Path(pkg.__file__).parent, site / pkg.__name__,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
-    sitepath = str(site)
-    code = ("import sys; sys.modules['bcc'] = None; "  # any 'import bcc' now fails
-            "from ecapture.cli import main; rc = main(['replay', sys.argv[1]]); "
-            "assert 'ecapture.live' not in sys.modules; sys.exit(rc)")
+    shared = Path(tempfile.mkdtemp(prefix="ecapture-replay-", dir="/tmp"))
     try:
-        out = subprocess.run(
-            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c",
-             code, str(copy)],
-            capture_output=True, text=True, cwd="/",
-            env={"PYTHONPATH": sitepath, "TZ": "UTC", "PATH": "/usr/bin:/bin"})
+        copy = shared / "cap.ecap"
+        shutil.copyfile(cap.record, copy)
+        prefix = unprivileged_python(shared)
+        code = ("import sys; sys.modules['bcc'] = None; "  # any 'import bcc' now fails
+                "from ecapture.cli import main; rc = main(['replay', sys.argv[1]]); "
+                "assert 'ecapture.live' not in sys.modules; sys.exit(rc)")
+        out = subprocess.run([*prefix, "-c", code, str(copy)], capture_output=True,
+                             text=True, cwd="/")
     finally:
         shutil.rmtree(shared)
     assert out.returncode == 0, out.stderr

@@ -1,0 +1,63 @@
+"""Live scenarios whose recordings are the unit tier's golden fixtures.
+
+Each test captures a real workload and checks it. With ``--regen-fixtures`` it also saves
+the recording into fixtures/recordings/tls/ and rewrites the expected text beside it from
+a replay: that is the only way fixtures are made, never by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from live_helpers import PROGRAMS, ROOT, Server, run_client
+
+from ecapture.events import SslData
+from ecapture.testing.replay import replay_events, replay_text
+
+sys.path.insert(0, str(PROGRAMS))
+from https_client import pattern  # noqa: E402
+
+FIXTURES = ROOT / "fixtures" / "recordings" / "tls"
+
+
+def save_fixture(config: pytest.Config, recording: Path | None, name: str) -> None:
+    if not config.getoption("--regen-fixtures"):
+        return
+    assert recording is not None
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    target = FIXTURES / f"{name}.ecap"
+    shutil.copyfile(recording, target)
+    target.chmod(0o644)  # a test fixture holds no secrets of anyone's
+    (FIXTURES / f"{name}.expected.txt").write_text(replay_text(target))
+
+
+def test_curl_against_openssl_s_server(request: pytest.FixtureRequest, capture,
+                                       s_server: int) -> None:
+    cap = capture()
+    out = subprocess.run(["curl", "-sk", "--http1.1", f"https://127.0.0.1:{s_server}/"],
+                         check=True, capture_output=True, timeout=30).stdout
+    cap.stop()
+    events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
+    curl = [e for e in events if e.comm == "curl"]
+    assert [e.direction for e in curl][:1] == ["write"]
+    assert curl[0].data.startswith(b"GET / HTTP/1.1\r\n")
+    received = b"".join(e.data for e in curl if e.direction == "read")
+    assert received.endswith(out)  # the body curl printed, after the headers
+    assert received.startswith(b"HTTP/1.0 200 ok")
+    assert all(e.conn is not None and e.conn.remote == f"127.0.0.1:{s_server}" for e in curl)
+    save_fixture(request.config, cap.record, "curl_http11")
+
+
+def test_python_client_uploads_one_mib(request: pytest.FixtureRequest, capture,
+                                       https_server: Server) -> None:
+    size = 1 << 20
+    cap = capture()
+    run_client(https_server.port, "upload", str(size))
+    cap.stop()
+    events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
+    assert sum(1 for e in events if e.data == pattern(size)) == 1
+    save_fixture(request.config, cap.record, "python_upload_1mib")

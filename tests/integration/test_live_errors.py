@@ -1,0 +1,75 @@
+"""Every prerequisite failure of live capture is one line on stderr and a non-zero exit,
+before anything is attached."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from live_helpers import ROOT, unprivileged_python
+
+
+def ecap(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, after ``prelude`` (used to take a prerequisite
+    away, e.g. make bcc unimportable)."""
+    code = f"import sys; {prelude}from ecapture.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]
+
+
+def test_not_root() -> None:
+    # pytest's tmp_path sits in a 0700 directory: nobody needs one of its own.
+    workdir = Path(tempfile.mkdtemp(prefix="ecapture-noroot-", dir="/tmp"))
+    try:
+        out = subprocess.run([*unprivileged_python(workdir), "-m", "ecapture", "tls"],
+                             capture_output=True, text=True, cwd="/", timeout=60)
+    finally:
+        shutil.rmtree(workdir)
+    one_line_error(out, "live capture needs root")
+
+
+def test_bcc_missing() -> None:
+    out = ecap("tls", prelude="import ecapture.live.bccload as b; b.SEARCH = (); "
+                              "sys.modules['bcc'] = None; ")
+    one_line_error(out, "apt-get install python3-bpfcc")
+
+
+def test_kernel_headers_missing() -> None:
+    out = ecap("tls", prelude="import ecapture.live.prereq as p; "
+                              "p.kernel_release = lambda: '0.0.0-no-such-kernel'; ")
+    one_line_error(out, "kernel headers not found at /lib/modules/0.0.0-no-such-kernel/build")
+
+
+def test_library_path_missing() -> None:
+    one_line_error(ecap("tls", "--libssl", "/nonexistent/libssl.so.3"), "no such file")
+
+
+def test_symbol_missing() -> None:
+    # libcrypto is a real OpenSSL library, but SSL_read is not in it.
+    from ecapture.targets import find_library
+
+    libcrypto = find_library([r"libcrypto\.so\.3", r"libcrypto\.so\.1\.1"])
+    assert libcrypto
+    one_line_error(ecap("tls", "--libssl", libcrypto), "symbol SSL_read not found")
+
+
+def test_library_not_found_for_a_process_without_it() -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        one_line_error(ecap("tls", "--pid", str(sleeper.pid), prelude=(
+            "import ecapture.modules.openssl as o; o.find_library = "
+            "lambda patterns, pid=None: None; ")), "libssl not found in process")
+    finally:
+        sleeper.kill()
+        sleeper.wait()

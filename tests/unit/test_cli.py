@@ -1,0 +1,80 @@
+"""The command line offline: replay and info on good, damaged and foreign files, and the
+one-line errors with non-zero exits that bad input must get."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecapture import modules as registry
+from ecapture.cli import DAMAGED, main
+from ecapture.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "fixtures" / "recordings" / "tls" / "curl_http11.ecap"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ecapture", *args], capture_output=True,
+                          text=True, cwd=ROOT, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})
+
+
+def test_replay_without_file_plays_the_demo() -> None:
+    out = run("replay")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == DEMO.with_suffix(".expected.txt").read_text()
+
+
+def test_replay_pid_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(DEMO), "--pid", "1"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_not_a_recording_is_one_line_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ecap"
+    junk.write_bytes(b"hello, I am not a recording\n" * 10)
+    for cmd in ("replay", "info"):
+        out = run(cmd, str(junk))
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1 and "not an ecapture recording" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_truncated_recording_replays_what_it_has(tmp_path: Path) -> None:
+    data = DEMO.read_bytes()
+    cut = tmp_path / "cut.ecap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    out = run("replay", str(cut))
+    assert out.returncode == DAMAGED
+    assert "truncated" in out.stderr and "Traceback" not in out.stderr
+    full = DEMO.with_suffix(".expected.txt").read_text()
+    assert out.stdout and full.startswith(out.stdout)
+    info = run("info", str(cut))
+    assert info.returncode == DAMAGED
+    assert "truncated" in info.stdout
+
+
+def test_info_of_a_clean_recording() -> None:
+    out = run("info", str(DEMO))
+    assert out.returncode == 0, out.stderr
+    for word in ("kernel:", "tool:", "tls/events", "clean", "start:", "end:"):
+        assert word in out.stdout
+
+
+def test_unknown_module() -> None:
+    with pytest.raises(ConfigError, match="unknown module 'nope'"):
+        registry.get("nope")
+    out = run("nope")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_registry_rejects_duplicate_names() -> None:
+    with pytest.raises(RuntimeError, match="registered twice"):
+        registry._index((*registry.MODULES, registry.MODULES[0]))
+
+
+def test_alias_builds_the_same_subcommand() -> None:
+    assert registry.get("openssl") is registry.get("tls")
