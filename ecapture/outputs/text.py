@@ -8,6 +8,7 @@ dump with ``--hex``. Connections and lost events get one line each.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, TextIO
 
 from ecapture.events import Conn, LostNotice, SslData
@@ -24,11 +25,16 @@ def wall_time(monotonic_ns: int, clock_offset_ns: int, tz: dt.tzinfo | None = No
     return when.isoformat(sep=" ", timespec="microseconds")
 
 
+# C0 and C1 controls except newline and tab, DEL, and the replacement character that marks
+# invalid UTF-8: one regex pass is far faster than testing each character in Python.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
+
+
 def printable(data: bytes) -> str:
     """Payload as text: UTF-8 where valid, control characters other than newline and tab
     shown as '.', CRLF shown as a plain newline."""
     text = data.decode("utf-8", "replace").replace("\r\n", "\n")
-    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\ufffd") else "." for c in text)
+    return _UNPRINTABLE.sub(".", text)
 
 
 def hexdump(data: bytes, width: int = 16) -> str:
