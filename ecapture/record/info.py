@@ -96,9 +96,9 @@ def format_info(info: Info) -> str:
         ("machine", _get(meta, "machine")),
         ("command line", _command_line(meta.get("command_line"))),
         ("modules", _modules(meta.get("modules"))),
-        ("start", _iso(info.wall_ns(info.first_ns))),
-        ("end", _iso(info.wall_ns(info.last_ns))),
-        ("duration", _duration(info.first_ns, info.last_ns)),
+        ("start", _iso(_start_ns(info))),
+        ("end", _end(info)),
+        ("records span", _duration(info.first_ns, info.last_ns)),
         ("events", f"{info.events} ({info.lost} lost)"),
     ]
     lines += [
@@ -152,6 +152,21 @@ def _iso(wall_ns: int | None) -> str:
     seconds, ns = divmod(wall_ns, 1_000_000_000)
     stamp = datetime.fromtimestamp(seconds, UTC).astimezone() + timedelta(microseconds=ns // 1000)
     return stamp.isoformat(timespec="microseconds")
+
+
+def _start_ns(info: Info) -> int | None:
+    """When capture started: the writer's creation time, else the first record's."""
+    created = info.metadata.get("created_ns")
+    return created if isinstance(created, int) else info.wall_ns(info.first_ns)
+
+
+def _end(info: Info) -> str:
+    """When capture ended: the END frame's clock, else only the last record is known."""
+    summary = info.status.summary or {}
+    end = summary.get("end_monotonic_ns")
+    if isinstance(end, int):
+        return _iso(info.wall_ns(end))
+    return f"? (no end marker; last record at {_iso(info.wall_ns(info.last_ns))})"
 
 
 def _duration(first: int | None, last: int | None) -> str:
