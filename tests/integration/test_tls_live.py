@@ -30,8 +30,10 @@ def data_events(path: Path | None, pid: int | None = None) -> list[SslData]:
             if isinstance(e, SslData) and (pid is None or e.pid == pid)]
 
 
-def test_curl_request_response_and_tuples(capture, https_server: Server) -> None:
-    cap = capture()
+@pytest.mark.parametrize("buffer", ["ringbuf", "perf"])
+def test_curl_request_response_and_tuples(capture, https_server: Server, buffer: str) -> None:
+    cap = capture(*(["--perf-buffer"] if buffer == "perf" else []))
+    assert f"({'perf' if buffer == 'perf' else 'ring'} buffer)" in cap.err_path.read_text()
     port = https_server.port
     subprocess.run(["curl", "-sk", f"https://127.0.0.1:{port}/hello"], check=True,
                    capture_output=True, timeout=30)
@@ -187,3 +189,27 @@ def test_replay_equals_live_as_unprivileged_user_without_bcc(capture, https_serv
         shutil.rmtree(shared)
     assert out.returncode == 0, out.stderr
     assert out.stdout == live
+
+
+def test_lost_events_are_counted_and_reported(capture, https_server: Server) -> None:
+    """A 4 MiB SSL_write is 256 chunks; a 1 MiB ring buffer cannot hold them all."""
+    size = 4 << 20
+    cap = capture("--mapsize", "1")
+    run_client(https_server.port, "upload", str(size))
+    text = cap.stop()
+    assert cap.record is not None
+    info = subprocess.run([sys.executable, "-m", "ecapture", "info", str(cap.record)],
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    (events_line,) = [line for line in info.splitlines() if line.startswith("events:")]
+    lost = int(events_line.split("(")[1].split()[0])
+    assert lost > 0, info
+    # Every lost event is reported, in the live output and identically in replay.
+    reported = sum(int(line.split("LOST ")[1].split()[0]) for line in text.splitlines()
+                   if " LOST " in line)
+    assert reported == lost
+    assert replay(cap.record) == text
+    # The big call is shown short, with how much is missing, not silently truncated.
+    big = [e for e in data_events(cap.record) if e.total_len == size]
+    assert big
+    assert all(len(e.data) + e.missing == size for e in big)
+    assert any(e.missing > 0 for e in big)
