@@ -33,10 +33,11 @@ def addr_str(family: int, raw: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Conn:
-    """A TCP connection of a traced process, or its end (kind "close")."""
+    """A TCP connection of a traced process, or its end (kind "close"). Kind "proc": set up
+    before capture started, found in /proc when its first data showed up."""
 
     timestamp_ns: int
-    kind: Literal["connect", "accept", "close"]
+    kind: Literal["connect", "accept", "close", "proc"]
     pid: int
     tid: int
     uid: int

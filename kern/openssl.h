@@ -48,6 +48,8 @@ enum conn_kind {
     CONN_CONNECT = 0, /* the process connected: local = client side */
     CONN_ACCEPT = 1,  /* the process accepted: local = server side */
     CONN_CLOSE = 2,   /* the socket reached TCP_CLOSE; only sock/pid/fd are meaningful */
+    CONN_PROC = 3,    /* never from the kernel: user space read an older connection from
+                         /proc (local/remote known, client/server side not) */
 };
 
 /* A TCP connection of a traced process: which fd and 4-tuple it has. Built from tracepoints

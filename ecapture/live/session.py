@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ecapture import procnet
 from ecapture.errors import AttachError
 from ecapture.live import prereq
 from ecapture.live.bccload import load_bcc
@@ -141,6 +142,12 @@ class LiveSession:
             self.bpf.perf_buffer_poll(timeout_ms)
         batch, self._pending = self._pending, []
         for item in batch:
+            if isinstance(item, Record):
+                # Outside the callback: a connection older than the capture is looked up in
+                # /proc now and recorded ahead of its data, so replay shows it too.
+                extra = self.module.backfill(item.data, procnet.lookup)
+                if extra is not None:
+                    self.sink(Record(item.map_id, item.cpu, item.recv_ns, extra))
             self.sink(item)
         return len(batch)
 

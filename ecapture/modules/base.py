@@ -11,7 +11,7 @@ dispatch without ``init``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -133,6 +133,13 @@ class Module:
         """Feed one decoded event; yield the events to output (possibly none, possibly
         earlier ones completed by this one)."""
         yield event
+
+    def backfill(self, data: bytes,
+                 lookup: Callable[[int, int], Any]) -> bytes | None:
+        """Live only, before recording: the raw bytes of an event to record just ahead of
+        this one, learnt from the running system through ``lookup`` (the live layer passes
+        :func:`ecapture.procnet.lookup`), or None. Replay then needs no live system."""
+        return None
 
     def finish(self) -> Iterator[Any]:
         """End of input: yield whatever is still held back."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -31,8 +31,10 @@ LIBSSL_PATTERNS = (r"libssl\.so\.3", r"libssl\.so\.1\.1", r"libssl\.so")
 VERSION_RE = rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)[ -]"
 
 FUNCS = {0: "SSL_read", 1: "SSL_write", 2: "SSL_read_ex", 3: "SSL_write_ex"}
-CONN_KINDS: dict[int, Literal["connect", "accept", "close"]] = {
-    0: "connect", 1: "accept", 2: "close"}
+CONN_KINDS: dict[int, Literal["connect", "accept", "close", "proc"]] = {
+    0: "connect", 1: "accept", 2: "close", 3: "proc"}
+CONN_CLOSE = 2
+CONN_PROC = 3
 MAX_CHUNKS = 256  # per call: 4 MiB of plaintext with 16 KiB chunks
 
 
@@ -97,6 +99,7 @@ class OpenSSLModule(Module):
         self._codecs = self.maps[0].codecs()
         self._joiner = ChunkJoiner()
         self._conns = ConnTable()
+        self._seen_fds: set[tuple[int, int]] = set()  # for backfill, live only
 
     def check(self) -> None:
         pid = self.config.get("pid")
@@ -184,7 +187,7 @@ class OpenSSLModule(Module):
             raise DecodeError(f"unknown event kind {kind} on map {map_name}")
         if len(data) < codec.size:
             raise DecodeError(f"event kind {kind} has {len(data)} bytes, needs {codec.size}")
-        f = dict(zip(codec.names, codec.codec.unpack_from(data), strict=True))
+        f = self._fields(kind, data)
         if kind == EVENT_CONN:
             family = f["family"]
             return Conn(
@@ -213,6 +216,41 @@ class OpenSSLModule(Module):
         chunk, start_ns, offset = event
         for call in self._joiner.feed(chunk, start_ns, offset):
             yield self._with_conn(call)
+
+    def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> bytes | None:
+        """A conn_event_t from /proc for the first data of a connection no tracepoint saw
+        being set up (it predates the capture)."""
+        if len(data) < 4:
+            return None
+        kind = split_kind(data)
+        if kind == EVENT_CONN and len(data) >= self._codecs[EVENT_CONN].size:
+            ev = self._fields(kind, data)
+            key = (ev["pid"], ev["fd"])
+            if ev["conn"] == CONN_CLOSE:
+                self._seen_fds.discard(key)
+            else:
+                self._seen_fds.add(key)
+            return None
+        if kind != EVENT_SSL_DATA or len(data) < self._codecs[EVENT_SSL_DATA].size:
+            return None
+        ev = self._fields(kind, data)
+        key = (ev["pid"], ev["fd"])
+        if ev["fd"] < 0 or key in self._seen_fds:
+            return None
+        self._seen_fds.add(key)  # look once, found or not
+        found = lookup(ev["pid"], ev["fd"])
+        if found is None:
+            return None
+        return bytes(conn_event_t.build({
+            "kind": EVENT_CONN, "pid": ev["pid"], "timestamp_ns": ev["timestamp_ns"],
+            "sock": 0, "tid": ev["tid"], "uid": ev["uid"], "fd": ev["fd"],
+            "family": found.family, "conn": CONN_PROC, "reserved": 0, "lport": found.lport,
+            "rport": found.rport, "laddr": found.laddr, "raddr": found.raddr,
+            "comm": ev["comm"], "reserved2": 0}))
+
+    def _fields(self, kind: int, data: bytes) -> dict[str, Any]:
+        codec = self._codecs[kind]
+        return dict(zip(codec.names, codec.codec.unpack_from(data), strict=True))
 
     def finish(self) -> Iterator[Any]:
         for call in self._joiner.finish():

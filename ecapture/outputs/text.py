@@ -56,6 +56,8 @@ def format_event(event: Any, clock_offset_ns: int, hex: bool = False,
         who = f"{event.comm} pid {event.pid} fd {event.fd}"
         if event.kind == "close":
             return f"{when}  {who}  CLOSE\n"
+        if event.kind == "proc":
+            return f"{when}  {who}  SOCKET  {event.local} -> {event.remote} (from /proc)\n"
         arrow = f"{event.local} -> {event.remote}" if event.kind == "connect" else \
             f"{event.remote} -> {event.local}"
         return f"{when}  {who}  {event.kind.upper()}  {arrow}\n"

@@ -4,6 +4,7 @@ bytes sent, and the kernel's list of loaded programs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -213,3 +214,36 @@ def test_lost_events_are_counted_and_reported(capture, https_server: Server) -> 
     assert big
     assert all(len(e.data) + e.missing == size for e in big)
     assert any(e.missing > 0 for e in big)
+
+
+def test_connection_older_than_the_capture_gets_its_tuple_from_proc(capture,
+                                                                    https_server: Server) -> None:
+    client = subprocess.Popen([sys.executable, str(PROGRAMS / "https_client.py"),
+                               str(https_server.port), "keepalive", "/before", "/after"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdin is not None and client.stdout is not None
+    first = json.loads(client.stdout.readline())  # connected and used before capture
+    cap = capture()
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    second = json.loads(client.stdout.readline())
+    text = cap.stop()
+    client.stdin.write("bye\n")
+    client.stdin.flush()
+    client.wait(30)
+    assert first["local_port"] == second["local_port"]
+    client_end = f"127.0.0.1:{first['local_port']}"
+    server_end = f"127.0.0.1:{https_server.port}"
+    events = data_events(cap.record)
+    mine = [e for e in events if e.pid == client.pid]
+    theirs = [e for e in events if e.pid == https_server.pid]
+    assert any(e.data.startswith(b"GET /after ") for e in mine)
+    # The server was already blocked inside SSL_read when the probes went in: that one
+    # call's entry was never seen, so its buffer is unknown. Its response is captured.
+    assert any(b"hello /after" in e.data for e in theirs if e.direction == "write")
+    for e in mine + theirs:
+        assert e.conn is not None and e.conn.kind == "proc"
+    assert {(e.conn.local, e.conn.remote) for e in mine} == {(client_end, server_end)}
+    assert {(e.conn.local, e.conn.remote) for e in theirs} == {(server_end, client_end)}
+    assert f"SOCKET  {client_end} -> {server_end} (from /proc)" in text
+    assert replay(cap.record) == text

@@ -2,6 +2,8 @@
 
 usage: https_client.py PORT get PATH [PATH ...]   one connection per path
        https_client.py PORT upload NBYTES         POST NBYTES of a known text pattern
+       https_client.py PORT keepalive P1 P2       P1, then P2 on the same connection after
+                                                  a line on stdin; close after another
 Prints one JSON line per request: path, local port, status, response body.
 """
 
@@ -36,11 +38,30 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> Non
                       "body": data.decode()}), flush=True)
 
 
+def keepalive(port: int, first: str, second: str) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    for n, path in enumerate((first, second)):
+        if n:
+            sys.stdin.readline()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        print(json.dumps({"path": path, "local_port": conn.sock.getsockname()[1],
+                          "status": resp.status, "body": body.decode()}), flush=True)
+    sys.stdin.readline()  # stay connected until told: /proc must still show the socket
+    conn.close()
+
+
 def main() -> None:
     port, mode = int(sys.argv[1]), sys.argv[2]
     if mode == "get":
         for path in sys.argv[3:]:
             request(port, "GET", path)
+    elif mode == "keepalive":
+        keepalive(port, sys.argv[3], sys.argv[4])
     elif mode == "upload":
         request(port, "POST", "/upload", pattern(int(sys.argv[3])))
     else:
