@@ -83,7 +83,12 @@ def live(path: Path, n: int, tmp: Path) -> None:
 
 def measure(path: Path) -> None:
     t0 = time.perf_counter()
-    count = sum(1 for _ in Reader(str(path)))
+    count = lost = 0
+    for item in Reader(str(path)):
+        if isinstance(item, Record):
+            count += 1
+        else:
+            lost += item.count
     t_read = time.perf_counter() - t0
 
     reader = Reader(str(path))
@@ -96,7 +101,8 @@ def measure(path: Path) -> None:
         pipeline.close()
         t_full = time.perf_counter() - t0
     size = path.stat().st_size
-    print(f"recording:        {path} ({size / 2**20:.1f} MiB, {count} records)")
+    print(f"recording:        {path} ({size / 2**20:.1f} MiB, {count} records, "
+          f"{lost} events lost in capture)")
     print(f"read only:        {count / t_read:,.0f} records/s ({t_read:.2f} s)")
     print(f"replay to text:   {count / t_full:,.0f} events/s ({t_full:.2f} s), "
           f"{pipeline.events} outputs, {pipeline.decode_errors} decode errors")
