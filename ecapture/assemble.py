@@ -11,6 +11,16 @@ from dataclasses import dataclass, field, replace
 from ecapture.events import Conn, SslData
 
 
+@dataclass(frozen=True, slots=True)
+class SslChunk:
+    """One chunk as decoded: the call's fields with this chunk's data, plus where the chunk
+    belongs (the call's entry time identifies it, ``offset`` places the bytes)."""
+
+    call: SslData
+    start_ns: int
+    offset: int
+
+
 @dataclass
 class _Partial:
     first: SslData
@@ -30,7 +40,8 @@ class ChunkJoiner:
     def __init__(self) -> None:
         self._open: dict[tuple[int, int], tuple[int, _Partial]] = {}
 
-    def feed(self, chunk: SslData, start_ns: int, offset: int) -> Iterator[SslData]:
+    def feed(self, piece: SslChunk) -> Iterator[SslData]:
+        chunk, start_ns, offset = piece.call, piece.start_ns, piece.offset
         key = (chunk.pid, chunk.tid)
         held = self._open.pop(key, None)
         if held is not None:

@@ -126,10 +126,7 @@ def _run_live(args: argparse.Namespace) -> int:
         return _dump_ebpf(session)
     session.init()
 
-    stop = {"signal": None}
-
     def on_signal(signum: int, _frame: Any) -> None:
-        stop["signal"] = signum  # type: ignore[assignment]
         session.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -148,21 +145,19 @@ def _run_live(args: argparse.Namespace) -> int:
               f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}); "
               "Ctrl-C to stop", file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
-        while stop["signal"] is None:
-            session.poll_once()
-            _deliver(items, writer, pipeline)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        session.run(until=None if deadline is None else lambda: time.monotonic() >= deadline,
+                    after_poll=lambda: _deliver(items, writer, pipeline))
         session.drain()
         _deliver(items, writer, pipeline)
     finally:
         session.close()
         for s, handler in old.items():
             signal.signal(s, handler)
-        if pipeline is not None:
-            pipeline.close()
+        # The recording first: it must end cleanly even if printing the rest fails.
         if writer is not None:
             writer.close()
+        if pipeline is not None:
+            pipeline.close()
     return 0
 
 
@@ -196,16 +191,16 @@ def _run_replay(args: argparse.Namespace) -> int:
     from ecapture.record.reader import Reader
 
     path = Path(args.file) if args.file else default_recording()
-    reader = Reader(str(path))
-    bindings = bind_from_metadata(reader.metadata)
     pid = args.pid
-    pipeline = Pipeline(
-        bindings,
-        [TextOutput(sys.stdout, int(reader.metadata.get("clock_offset_ns", 0)), hex=args.hex)],
-        accept=None if pid is None else (lambda ev: getattr(ev, "pid", pid) == pid))
-    for item in reader:
-        pipeline.feed(item)
-    pipeline.close()
+    with Reader(str(path)) as reader:
+        pipeline = Pipeline(
+            bind_from_metadata(reader.metadata),
+            [TextOutput(sys.stdout, int(reader.metadata.get("clock_offset_ns", 0)),
+                        hex=args.hex)],
+            accept=None if pid is None else (lambda ev: getattr(ev, "pid", pid) == pid))
+        for item in reader:
+            pipeline.feed(item)
+        pipeline.close()
     status = reader.status
     damaged = bool(status.truncated or status.corrupt_frames)
     if status.corrupt_frames:

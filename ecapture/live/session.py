@@ -161,10 +161,14 @@ class LiveSession:
                                       time.monotonic_ns(), total - self._dropped_seen))
             self._dropped_seen = total
 
-    def run(self, until: Callable[[], bool] | None = None) -> None:
-        """Poll until stop() is called (e.g. from a signal handler) or ``until()`` is true."""
+    def run(self, until: Callable[[], bool] | None = None,
+            after_poll: Callable[[], None] | None = None) -> None:
+        """Poll until stop() is called (e.g. from a signal handler) or ``until()`` is true;
+        ``after_poll`` runs after every poll (the CLI delivers and flushes there)."""
         while not self._stopping and not (until and until()):
             self.poll_once()
+            if after_poll is not None:
+                after_poll()
 
     def stop(self) -> None:
         self._stopping = True

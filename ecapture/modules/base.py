@@ -151,6 +151,17 @@ class Module:
         return {o.dest: self.config.get(o.dest) for o in self.options}
 
 
+def non_negative_int(text: str) -> int:
+    """Option type for ids; argparse turns the exception into a usage error."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
 def split_kind(data: bytes) -> int:
     """The leading __u32 kind of an event."""
     if len(data) < 4:

@@ -13,10 +13,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, Literal
 
-from ecapture.assemble import ChunkJoiner, ConnTable
+from ecapture.assemble import ChunkJoiner, ConnTable, SslChunk
 from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import Conn, SslData, addr_str, comm_str
-from ecapture.modules.base import EventMap, Features, Module, Option, Probe, Target, split_kind
+from ecapture.modules.base import (
+    EventMap,
+    Features,
+    Module,
+    Option,
+    Probe,
+    Target,
+    non_negative_int,
+    split_kind,
+)
 from ecapture.structs.openssl import (
     EVENT_CONN,
     EVENT_SSL_DATA,
@@ -60,19 +69,6 @@ def ssl_version_offset(version: str | None) -> int | None:
     return None
 
 
-def _int_or_none(name: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, not {text!r}") from None
-        if value < 0:
-            raise ConfigError(f"{name} must not be negative")
-        return value
-
-    return parse
-
-
 class OpenSSLModule(Module):
     name = "tls"
     aliases = ("openssl",)
@@ -83,9 +79,9 @@ class OpenSSLModule(Module):
                "statically (default: from the target pid's mappings, then ldconfig)",
                metavar="PATH"),
         Option(("-p", "--pid"), "pid", "capture only this process id",
-               type=_int_or_none("--pid"), metavar="PID"),
+               type=non_negative_int, metavar="PID"),
         Option(("-u", "--uid"), "uid", "capture only this user id",
-               type=_int_or_none("--uid"), metavar="UID"),
+               type=non_negative_int, metavar="UID"),
     )
     maps = (
         EventMap("events", {EVENT_SSL_DATA: ("ssl_data_event_t", ssl_data_event_t),
@@ -180,7 +176,7 @@ class OpenSSLModule(Module):
         return flags
 
     # -- decode and dispatch ------------------------------------------------------
-    def decode(self, map_name: str, data: bytes) -> tuple[SslData, int, int] | Conn:
+    def decode(self, map_name: str, data: bytes) -> SslChunk | Conn:
         kind = split_kind(data)
         codec = self._codecs.get(kind)
         if codec is None:
@@ -206,15 +202,14 @@ class OpenSSLModule(Module):
             direction="write" if f["direction"] == 1 else "read",
             func=FUNCS.get(f["func"], "?"), ssl=f["ssl"], data=data[codec.size:end],
             total_len=f["total_len"])
-        return ev, f["start_ns"], f["offset"]
+        return SslChunk(ev, f["start_ns"], f["offset"])
 
     def dispatch(self, event: Any) -> Iterable[Any]:
         if isinstance(event, Conn):
             self._conns.update(event)
             yield event
             return
-        chunk, start_ns, offset = event
-        for call in self._joiner.feed(chunk, start_ns, offset):
+        for call in self._joiner.feed(event):
             yield self._with_conn(call)
 
     def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> bytes | None:

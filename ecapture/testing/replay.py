@@ -25,24 +25,24 @@ class _Collect:
 
 
 def replay_events(path: str | Path) -> list[Any]:
-    reader = Reader(str(path))
     sink = _Collect()
-    pipeline = Pipeline(bind_from_metadata(reader.metadata), [sink])
-    for item in reader:
-        pipeline.feed(item)
-    pipeline.close()
+    with Reader(str(path)) as reader:
+        pipeline = Pipeline(bind_from_metadata(reader.metadata), [sink])
+        for item in reader:
+            pipeline.feed(item)
+        pipeline.close()
     return sink.events
 
 
 def replay_text(path: str | Path, hex: bool = False, tz: dt.tzinfo | None = dt.UTC) -> str:
     """The text model of a recording, in UTC by default so golden files do not depend on
     the machine's time zone."""
-    reader = Reader(str(path))
     out = io.StringIO()
-    offset = int(reader.metadata.get("clock_offset_ns", 0))
-    pipeline = Pipeline(bind_from_metadata(reader.metadata),
-                        [TextOutput(out, offset, hex=hex, tz=tz)])
-    for item in reader:
-        pipeline.feed(item)
-    pipeline.close()
+    with Reader(str(path)) as reader:
+        offset = int(reader.metadata.get("clock_offset_ns", 0))
+        pipeline = Pipeline(bind_from_metadata(reader.metadata),
+                            [TextOutput(out, offset, hex=hex, tz=tz)])
+        for item in reader:
+            pipeline.feed(item)
+        pipeline.close()
     return out.getvalue()

@@ -78,3 +78,11 @@ def test_registry_rejects_duplicate_names() -> None:
 
 def test_alias_builds_the_same_subcommand() -> None:
     assert registry.get("openssl") is registry.get("tls")
+
+
+@pytest.mark.parametrize("args", [("tls", "--pid", "abc"), ("tls", "--uid", "-1"),
+                                  ("replay", "--pid", "x")])
+def test_bad_option_is_a_usage_error(args: tuple[str, ...]) -> None:
+    out = run(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "error: argument" in out.stderr

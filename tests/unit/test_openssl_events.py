@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from ecapture.assemble import SslChunk
 from ecapture.errors import DecodeError
 from ecapture.events import Conn, SslData
 from ecapture.modules.openssl import OpenSSLModule
@@ -72,8 +73,10 @@ def run(raws: list[bytes]) -> list[object]:
 
 
 def test_decode_fields() -> None:
-    ev, start, offset = OpenSSLModule({}).decode("events", chunk(b"hello", 0, 5))
-    assert (start, offset) == (4_000, 0)
+    piece = OpenSSLModule({}).decode("events", chunk(b"hello", 0, 5))
+    assert isinstance(piece, SslChunk)
+    ev = piece.call
+    assert (piece.start_ns, piece.offset) == (4_000, 0)
     assert ev == SslData(timestamp_ns=5_000, pid=100, tid=101, uid=1000, comm="python3", fd=7,
                          version=0x0304, direction="write", func="SSL_write_ex", ssl=0xABC,
                          data=b"hello", total_len=5)
