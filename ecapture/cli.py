@@ -17,12 +17,15 @@ from typing import Any
 from ecapture import __version__
 from ecapture import modules as registry
 from ecapture.errors import ConfigError, EcaptureError
+from ecapture.filters import EventFilter, parse_when
 from ecapture.modules.base import Module
+from ecapture.outputs.jsonl import JsonOutput
 from ecapture.outputs.text import TextOutput
-from ecapture.pipeline import Pipeline, bind, bind_from_metadata
+from ecapture.pipeline import Pipeline, bind, bind_from_metadata, reorder_window
 from ecapture.record import Lost, Record
+from ecapture.streams import Conversations
 
-MODELS = ("text",)
+MODELS = ("text", "json")
 DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
 DEMO = "tls/curl_http11.ecap"
 
@@ -48,6 +51,27 @@ def _positive(text: str) -> float:
     return value
 
 
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", choices=MODELS, default="text",
+                   help="text: blocks for people; json: one object per line (docs/json.md)")
+    p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
+    p.add_argument("--raw", action="store_true",
+                   help="one block per TLS read/write, without parsing HTTP")
+
+
+def make_pipeline(args: argparse.Namespace, bindings: list[Any], metadata: dict[str, Any],
+                  accept: Any = None) -> Pipeline:
+    """The same outputs and stages for live capture and replay."""
+    offset = int(metadata.get("clock_offset_ns", 0))
+    output: Any
+    if args.model == "json":
+        output = JsonOutput(sys.stdout, offset)
+    else:
+        output = TextOutput(sys.stdout, offset, hex=args.hex)
+    conversations = None if args.raw else Conversations(reorder_window(metadata))
+    return Pipeline(bindings, [output], accept=accept, conversations=conversations)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecapture",
@@ -63,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description=module.help)
         for option in module.options:
             option.add_to(p)
-        p.add_argument("-m", "--model", choices=MODELS, default="text",
-                       help="output model (default: text)")
-        p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
+        _add_output_options(p)
         p.add_argument("--record", metavar="FILE",
                        help="also record raw events to FILE (.ecap, created mode 0600)")
         p.add_argument("--duration", type=_positive, metavar="SECONDS",
@@ -82,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay a recording offline: no root, no bcc needed. "
                                    "Without FILE, replays the shipped demo recording.")
     p.add_argument("file", nargs="?", metavar="FILE")
-    p.add_argument("-m", "--model", choices=MODELS, default="text")
+    _add_output_options(p)
     p.add_argument("-p", "--pid", type=int, help="only events of this process id")
-    p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
+    p.add_argument("--comm", help="only events of processes with this command name")
+    p.add_argument("--port", type=int, help="only connections with this port at either end")
+    p.add_argument("--host", help="only connections with this IP address at either end")
+    p.add_argument("--since", metavar="TIME", help="only events at or after this wall-clock "
+                   "time (ISO 8601, e.g. 2026-11-24T15:55:23; naive means local time)")
+    p.add_argument("--until", metavar="TIME", help="only events at or before this time")
     p.set_defaults(run=_run_replay)
 
     p = sub.add_parser("info", help="print a recording's metadata and counts")
@@ -138,8 +165,7 @@ def _run_live(args: argparse.Namespace) -> int:
                               extra={"live": session.describe(), "model": args.model})
         if args.record:
             writer = Writer(args.record, meta)
-        pipeline = Pipeline(bindings, [TextOutput(sys.stdout, meta["clock_offset_ns"],
-                                                  hex=args.hex)])
+        pipeline = make_pipeline(args, bindings, meta)
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
         print(f"ecapture: {module.name}: {len(session.attached)} probes attached to "
               f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}); "
@@ -168,6 +194,7 @@ def _deliver(items: list[Record | Lost], writer: Any, pipeline: Pipeline) -> Non
         if writer is not None:
             writer.write(item)  # the tee: recorded raw, before any decoding
         pipeline.feed(item)
+    pipeline.tick(time.monotonic_ns())
     if writer is not None:
         writer.flush()
     sys.stdout.flush()
@@ -191,13 +218,15 @@ def _run_replay(args: argparse.Namespace) -> int:
     from ecapture.record.reader import Reader
 
     path = Path(args.file) if args.file else default_recording()
-    pid = args.pid
     with Reader(str(path)) as reader:
-        pipeline = Pipeline(
-            bind_from_metadata(reader.metadata),
-            [TextOutput(sys.stdout, int(reader.metadata.get("clock_offset_ns", 0)),
-                        hex=args.hex)],
-            accept=None if pid is None else (lambda ev: getattr(ev, "pid", pid) == pid))
+        meta = reader.metadata
+        accept = EventFilter(
+            pid=args.pid, comm=args.comm, port=args.port, host=args.host,
+            since_ns=parse_when(args.since) if args.since else None,
+            until_ns=parse_when(args.until) if args.until else None,
+            clock_offset_ns=int(meta.get("clock_offset_ns", 0)))
+        pipeline = make_pipeline(args, bind_from_metadata(meta), meta,
+                                 accept if accept.active else None)
         for item in reader:
             pipeline.feed(item)
         pipeline.close()

@@ -60,6 +60,8 @@ class Conn:
 
 
 def _endpoint(addr: str, port: int) -> str:
+    if addr == "?":
+        return "?"
     if ":" in addr:
         return f"[{addr}]:{port}"
     return f"{addr}:{port}"

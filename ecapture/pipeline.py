@@ -15,8 +15,17 @@ from ecapture.events import LostNotice
 from ecapture.modules.base import EventMap, Module
 from ecapture.outputs import Output
 from ecapture.record import Lost, Record
+from ecapture.streams import Conversations
 
 MAX_REPORTED_ERRORS = 5
+# Perf buffers are per CPU: events of one connection can arrive out of order. Hold events
+# this long (event time) to sort them; a ring buffer is one ordered queue and needs none.
+PERF_REORDER_NS = 50_000_000
+
+
+def reorder_window(metadata: Mapping[str, Any]) -> int:
+    live = metadata.get("live") or {}
+    return PERF_REORDER_NS if live.get("buffer") == "perf" else 0
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,12 @@ def bind_from_metadata(metadata: Mapping[str, Any]) -> list[Binding]:
 class Pipeline:
     def __init__(self, bindings: list[Binding], outputs: list[Output],
                  accept: Callable[[Any], bool] | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None,
+                 conversations: Conversations | None = None):
         self.bindings = {b.map_id: b for b in bindings}
         self.outputs = outputs
         self.accept = accept
+        self.conversations = conversations
         self.warn = warn or (lambda msg: sys.stderr.write(f"ecapture: warning: {msg}\n"))
         self.decode_errors = 0
         self.events = 0
@@ -107,9 +118,22 @@ class Pipeline:
     def _emit(self, event: Any) -> None:
         if self.accept is not None and not self.accept(event):
             return
+        if self.conversations is None:
+            self._output(event)
+        else:
+            for out in self.conversations.feed(event):
+                self._output(out)
+
+    def _output(self, event: Any) -> None:
         self.events += 1
         for output in self.outputs:
             output.write(event)
+
+    def tick(self, now_ns: int) -> None:
+        """Live only: let conversations release events held for reordering."""
+        if self.conversations is not None:
+            for out in self.conversations.tick(now_ns):
+                self._output(out)
 
     def close(self) -> None:
         seen: set[int] = set()
@@ -119,5 +143,8 @@ class Pipeline:
             seen.add(id(binding.module))
             for out in binding.module.finish():
                 self._emit(out)
+        if self.conversations is not None:
+            for out in self.conversations.finish():
+                self._output(out)
         for output in self.outputs:
             output.close()

@@ -12,8 +12,10 @@ if [ "$(id -u)" -ne 0 ]; then
 else
     arch=$(dpkg --print-architecture)
     release=$(uname -r)
+    # bcc and its tools; headers; the real programs the live tests drive (curl, openssl,
+    # nghttp2's server and client for HTTP/2) and jq, which checks the json model.
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
-          ca-certificates python3-venv kmod)
+          nghttp2-server nghttp2-client jq ca-certificates python3-venv)
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -143,12 +143,13 @@ class LiveSession:
         batch, self._pending = self._pending, []
         for item in batch:
             if isinstance(item, Record):
-                # Outside the callback: a connection older than the capture is looked up in
-                # /proc now and recorded ahead of its data, so replay shows it too.
-                extra = self.module.backfill(item.data, procnet.lookup)
-                if extra is not None:
-                    self.sink(Record(item.map_id, item.cpu, item.recv_ns, extra))
-            self.sink(item)
+                # Outside the callback: tuples the kernel could not give are looked up in
+                # /proc now, and recorded like kernel events, so replay shows them too.
+                for data in self.module.backfill(item.data, procnet.lookup):
+                    self.sink(item if data is item.data else
+                              Record(item.map_id, item.cpu, item.recv_ns, data))
+            else:
+                self.sink(item)
         return len(batch)
 
     def _account_ringbuf_drops(self) -> None:

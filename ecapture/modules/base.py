@@ -134,12 +134,11 @@ class Module:
         earlier ones completed by this one)."""
         yield event
 
-    def backfill(self, data: bytes,
-                 lookup: Callable[[int, int], Any]) -> bytes | None:
-        """Live only, before recording: the raw bytes of an event to record just ahead of
-        this one, learnt from the running system through ``lookup`` (the live layer passes
-        :func:`ecapture.procnet.lookup`), or None. Replay then needs no live system."""
-        return None
+    def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[bytes]:
+        """Live only, before recording: the raw events to record in place of this one,
+        completed with what ``lookup`` learns from the running system (the live layer passes
+        :func:`ecapture.procnet.lookup`). Replay then needs no live system."""
+        return [data]
 
     def finish(self) -> Iterator[Any]:
         """End of input: yield whatever is still held back."""

@@ -212,36 +212,47 @@ class OpenSSLModule(Module):
         for call in self._joiner.feed(event):
             yield self._with_conn(call)
 
-    def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> bytes | None:
-        """A conn_event_t from /proc for the first data of a connection no tracepoint saw
-        being set up (it predates the capture)."""
+    def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[bytes]:
+        """Fill in 4-tuples the kernel could not give, from /proc, while the socket is open:
+        an accept() that did not ask for the peer's address gets them at once (recorded
+        with reserved=1: "addresses from /proc"); the first data of a connection that no
+        tracepoint saw being set up (older than the capture) is preceded by a CONN_PROC."""
         if len(data) < 4:
-            return None
+            return [data]
         kind = split_kind(data)
         if kind == EVENT_CONN and len(data) >= self._codecs[EVENT_CONN].size:
             ev = self._fields(kind, data)
             key = (ev["pid"], ev["fd"])
             if ev["conn"] == CONN_CLOSE:
                 self._seen_fds.discard(key)
-            else:
-                self._seen_fds.add(key)
-            return None
+                return [data]
+            self._seen_fds.add(key)
+            if ev["family"] == 0 and ev["fd"] >= 0:
+                found = lookup(ev["pid"], ev["fd"])
+                if found is not None:
+                    return [self._conn_bytes({**ev, "reserved": 1}, found)]
+            return [data]
         if kind != EVENT_SSL_DATA or len(data) < self._codecs[EVENT_SSL_DATA].size:
-            return None
+            return [data]
         ev = self._fields(kind, data)
         key = (ev["pid"], ev["fd"])
         if ev["fd"] < 0 or key in self._seen_fds:
-            return None
+            return [data]
         self._seen_fds.add(key)  # look once, found or not
         found = lookup(ev["pid"], ev["fd"])
         if found is None:
-            return None
-        return bytes(conn_event_t.build({
-            "kind": EVENT_CONN, "pid": ev["pid"], "timestamp_ns": ev["timestamp_ns"],
-            "sock": 0, "tid": ev["tid"], "uid": ev["uid"], "fd": ev["fd"],
-            "family": found.family, "conn": CONN_PROC, "reserved": 0, "lport": found.lport,
-            "rport": found.rport, "laddr": found.laddr, "raddr": found.raddr,
-            "comm": ev["comm"], "reserved2": 0}))
+            return [data]
+        proc = {**ev, "kind": EVENT_CONN, "sock": 0, "conn": CONN_PROC, "reserved": 0,
+                "reserved2": 0}
+        return [self._conn_bytes(proc, found), data]
+
+    @staticmethod
+    def _conn_bytes(fields: dict[str, Any], found: Any) -> bytes:
+        values = {name: fields[name] for name in ("kind", "pid", "timestamp_ns", "sock", "tid",
+                                                  "uid", "fd", "conn", "reserved", "comm")}
+        values.update(family=found.family, lport=found.lport, rport=found.rport,
+                      laddr=found.laddr, raddr=found.raddr, reserved2=0)
+        return bytes(conn_event_t.build(values))
 
     def _fields(self, kind: int, data: bytes) -> dict[str, Any]:
         codec = self._codecs[kind]

@@ -12,6 +12,8 @@ import re
 from typing import Any, TextIO
 
 from ecapture.events import Conn, LostNotice, SslData
+from ecapture.parsers.messages import HttpRequest, HttpResponse
+from ecapture.streams import FrameNotice, HttpExchange, ProtocolNotice
 
 
 def wall_time(monotonic_ns: int, clock_offset_ns: int, tz: dt.tzinfo | None = None) -> str:
@@ -61,6 +63,20 @@ def format_event(event: Any, clock_offset_ns: int, hex: bool = False,
         arrow = f"{event.local} -> {event.remote}" if event.kind == "connect" else \
             f"{event.remote} -> {event.local}"
         return f"{when}  {who}  {event.kind.upper()}  {arrow}\n"
+    if isinstance(event, HttpExchange):
+        return _format_exchange(event, clock_offset_ns, hex, tz)
+    if isinstance(event, ProtocolNotice):
+        when = wall_time(event.timestamp_ns, clock_offset_ns, tz)
+        err = event.error
+        return (f"{when}  {event.comm} pid {event.pid}  {err.protocol} parse error in the "
+                f"{err.side}'s data: {err.reason}; its bytes follow raw\n")
+    if isinstance(event, FrameNotice):
+        when = wall_time(event.timestamp_ns, clock_offset_ns, tz)
+        f = event.frame
+        extra = f" {f.detail}" if f.detail else ""
+        flags = f" [{','.join(f.flags)}]" if f.flags else ""
+        return (f"{when}  {event.comm} pid {event.pid}  HTTP/2 {f.type} from {f.side}, "
+                f"stream {f.stream_id}{flags}{extra}\n")
     if isinstance(event, LostNotice):
         when = wall_time(event.recv_ns, clock_offset_ns, tz)
         return f"{when}  LOST {event.count} events on {event.module}/{event.map_name}\n"
@@ -86,6 +102,56 @@ def _format_data(ev: SslData, clock_offset_ns: int, hex: bool, tz: dt.tzinfo | N
     if not body.endswith("\n"):
         body += "\n"
     return f"{head}\n    {tuple_}  {what} {size}  [{ev.func}]\n{body}"
+
+
+def client_server(conn: Conn | None, role: str) -> tuple[str, str]:
+    """The connection's client and server endpoints, whichever side we traced."""
+    if conn is None or conn.kind == "close":
+        return "?", "?"
+    if conn.kind == "connect" or (conn.kind == "proc" and role == "client"):
+        return conn.local, conn.remote
+    return conn.remote, conn.local
+
+
+def _format_exchange(ex: HttpExchange, clock_offset_ns: int, hex: bool,
+                     tz: dt.tzinfo | None) -> str:
+    when = wall_time(ex.timestamp_ns, clock_offset_ns, tz)
+    client, server = client_server(ex.conn, ex.role)
+    version = "HTTP/2" if ex.protocol == "http2" else \
+        f"HTTP/{(ex.request or ex.response).http_version}"  # type: ignore[union-attr]
+    stream = f" stream {ex.stream_id}" if ex.stream_id is not None else ""
+    latency = f"  {ex.latency_ns / 1e6:.3f} ms" if ex.latency_ns is not None else ""
+    lines = [f"=== {when}  {ex.comm}  pid {ex.pid}  {client} -> {server}  "
+             f"{version}{stream}{latency}  ({ex.role} side)"]
+    if ex.request is not None:
+        lines += _message_lines(">", ex.request, hex)
+    else:
+        lines.append("> (request not captured)")
+    for info in ex.informational:
+        lines += _message_lines("<", info, hex)
+    if ex.response is not None:
+        lines += _message_lines("<", ex.response, hex)
+    else:
+        lines.append("< (no response captured)")
+    return "\n".join(lines) + "\n\n"
+
+
+def _message_lines(mark: str, msg: HttpRequest | HttpResponse, hex: bool) -> list[str]:
+    if isinstance(msg, HttpRequest):
+        first = f"{mark} {msg.method} {msg.path} HTTP/{msg.http_version}"
+    else:
+        first = f"{mark} HTTP/{msg.http_version} {msg.status} {msg.reason}".rstrip()
+    lines = [first] + [f"{mark} {k}: {v}" for k, v in msg.headers]
+    notes = []
+    if len(msg.body) != msg.body_size:
+        notes.append(f"{msg.body_size} bytes on the wire, {len(msg.body)} decoded")
+    if not msg.complete:
+        notes.append("incomplete: the capture ended first")
+    lines.append(f"{mark}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if msg.body:
+        body = hexdump(msg.body) if hex else printable(msg.body)
+        lines.append(body.rstrip("\n"))
+    return lines
 
 
 class TextOutput:

@@ -8,9 +8,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ecapture.outputs.jsonl import JsonOutput
 from ecapture.outputs.text import TextOutput
-from ecapture.pipeline import Pipeline, bind_from_metadata
+from ecapture.pipeline import Pipeline, bind_from_metadata, reorder_window
 from ecapture.record.reader import Reader
+from ecapture.streams import Conversations
 
 
 class _Collect:
@@ -24,24 +26,33 @@ class _Collect:
         pass
 
 
-def replay_events(path: str | Path) -> list[Any]:
+def replay_events(path: str | Path, parsed: bool = False) -> list[Any]:
+    """Typed events of a recording: data events as decoded, or with ``parsed`` the
+    conversations' output (exchanges, raw data of unknown protocols, notices)."""
     sink = _Collect()
     with Reader(str(path)) as reader:
-        pipeline = Pipeline(bind_from_metadata(reader.metadata), [sink])
+        meta = reader.metadata
+        pipeline = Pipeline(bind_from_metadata(meta), [sink],
+                            conversations=Conversations(reorder_window(meta)) if parsed
+                            else None)
         for item in reader:
             pipeline.feed(item)
         pipeline.close()
     return sink.events
 
 
-def replay_text(path: str | Path, hex: bool = False, tz: dt.tzinfo | None = dt.UTC) -> str:
-    """The text model of a recording, in UTC by default so golden files do not depend on
-    the machine's time zone."""
+def replay_text(path: str | Path, hex: bool = False, tz: dt.tzinfo | None = dt.UTC,
+                model: str = "text", raw: bool = False) -> str:
+    """A model's output for a recording, as ``ecapture replay`` prints it; in UTC by
+    default so golden files do not depend on the machine's time zone."""
     out = io.StringIO()
     with Reader(str(path)) as reader:
-        offset = int(reader.metadata.get("clock_offset_ns", 0))
-        pipeline = Pipeline(bind_from_metadata(reader.metadata),
-                            [TextOutput(out, offset, hex=hex, tz=tz)])
+        meta = reader.metadata
+        offset = int(meta.get("clock_offset_ns", 0))
+        output: Any = JsonOutput(out, offset, tz=tz) if model == "json" else \
+            TextOutput(out, offset, hex=hex, tz=tz)
+        pipeline = Pipeline(bind_from_metadata(meta), [output],
+                            conversations=None if raw else Conversations(reorder_window(meta)))
         for item in reader:
             pipeline.feed(item)
         pipeline.close()

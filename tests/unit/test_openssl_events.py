@@ -139,3 +139,37 @@ def test_decoder_accepts_or_raises_decode_error(cut: int, junk: bytes) -> None:
             pass
         except cs.ConstructError as e:  # pragma: no cover - the failure we guard against
             pytest.fail(f"construct error escaped: {e}")
+
+
+def test_backfill_fills_tuples_from_lookup() -> None:
+    from ecapture.procnet import SocketTuple
+
+    found = SocketTuple(2, bytes([10, 0, 0, 1]) + bytes(12), 8443,
+                        bytes([10, 0, 0, 2]) + bytes(12), 51000)
+    looked: list[tuple[int, int]] = []
+
+    def lookup(pid: int, fd: int) -> SocketTuple:
+        looked.append((pid, fd))
+        return found
+
+    module = OpenSSLModule({})
+    # accept(fd, NULL, NULL): no addresses from the kernel -> filled in, same event.
+    bare_accept = conn_event_t.build({**conn_event_t.parse(conn(kind=1, fd=9)), "family": 0,
+                                      "lport": 0, "rport": 0, "laddr": bytes(16),
+                                      "raddr": bytes(16)})
+    (filled,) = module.backfill(bare_accept, lookup)
+    ev = OpenSSLModule({}).decode("events", filled)
+    assert isinstance(ev, Conn) and ev.kind == "accept"
+    assert (ev.local, ev.remote) == ("10.0.0.1:8443", "10.0.0.2:51000")
+    # Data on a connection no tracepoint saw: a CONN_PROC goes ahead of it, once.
+    data = chunk(b"x", 0, 1, fd=7)
+    proc, same = module.backfill(data, lookup)
+    assert same is data
+    pev = OpenSSLModule({}).decode("events", proc)
+    assert isinstance(pev, Conn) and pev.kind == "proc" and pev.fd == 7
+    assert module.backfill(chunk(b"y", 0, 1, fd=7, start_ns=5), lookup)[0][:4] != proc[:4]
+    assert looked == [(100, 9), (100, 7)]
+    # Known connections are not looked up.
+    assert module.backfill(conn(fd=3), lookup) == [conn(fd=3)]
+    assert module.backfill(chunk(b"z", 0, 1, fd=3), lookup) == [chunk(b"z", 0, 1, fd=3)]
+    assert looked == [(100, 9), (100, 7)]

@@ -1,0 +1,291 @@
+"""From TLS data events to conversations: per process and connection, each side's bytes in
+order, handed to the protocol parser the first bytes call for, and paired into exchanges.
+
+Pure and deterministic: time here is the kernel's event time, never the wall clock, so a
+replay produces exactly what the live run produced. The one live-only input is
+:meth:`Conversations.tick`, which only releases events held for reordering sooner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from ecapture.events import Conn, LostNotice, SslData
+from ecapture.parsers.detect import detect
+from ecapture.parsers.http1 import Http1Parser
+from ecapture.parsers.http2 import Http2Parser
+from ecapture.parsers.messages import (
+    Http2Frame,
+    HttpRequest,
+    HttpResponse,
+    ProtocolError,
+    RawData,
+    Side,
+)
+
+DETECT_MAX_EVENTS = 8  # give up on detection after this many events without a verdict
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExchange:
+    """A request and its response on one connection. Either may be None: a request still
+    unanswered when the capture ended, a response whose request predates the capture."""
+
+    protocol: Literal["http1", "http2"]
+    pid: int
+    comm: str
+    conn: Conn | None
+    request: HttpRequest | None
+    response: HttpResponse | None
+    informational: tuple[HttpResponse, ...] = ()
+    role: Side = "client"  # what the traced process was on this connection
+
+    @property
+    def stream_id(self) -> int | None:
+        msg = self.request or self.response
+        return msg.stream_id if msg else None
+
+    @property
+    def latency_ns(self) -> int | None:
+        """From the request's first byte to the response's last byte."""
+        if self.request is None or self.response is None:
+            return None
+        return self.response.end_ns - self.request.start_ns
+
+    @property
+    def timestamp_ns(self) -> int:
+        msg = self.request or self.response
+        return msg.start_ns if msg else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolNotice:
+    """A parser gave up on one side of a connection; its bytes follow as raw data."""
+
+    pid: int
+    comm: str
+    conn: Conn | None
+    error: ProtocolError
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self.error.ts_ns
+
+
+@dataclass(frozen=True, slots=True)
+class FrameNotice:
+    """An HTTP/2 control frame (SETTINGS, PING, GOAWAY, RST_STREAM, ...)."""
+
+    pid: int
+    comm: str
+    conn: Conn | None
+    frame: Http2Frame
+
+    @property
+    def timestamp_ns(self) -> int:
+        return self.frame.ts_ns
+
+
+@dataclass
+class _Conversation:
+    first: SslData
+    role: Side | None = None  # what the traced process is on this connection
+    protocol: str | None = None  # "http1", "http2", "raw"; None while detecting
+    held: list[SslData] = field(default_factory=list)
+    parser: Http1Parser | Http2Parser | None = None
+    requests: list[HttpRequest] = field(default_factory=list)  # HTTP/1, in order
+    by_stream: dict[int, HttpRequest] = field(default_factory=dict)  # HTTP/2
+    informational: dict[int | None, list[HttpResponse]] = field(default_factory=dict)
+    last: dict[Side, SslData] = field(default_factory=dict)
+
+
+class Conversations:
+    """Feed Conn and SslData events (others pass through); get exchanges, raw data of
+    unknown protocols, notices. ``reorder_ns`` > 0 holds events that long (in event time)
+    to put per-CPU perf buffer output back in timestamp order."""
+
+    def __init__(self, reorder_ns: int = 0):
+        self.reorder_ns = reorder_ns
+        self._heap: list[tuple[int, int, Any]] = []
+        self._seq = itertools.count()
+        self._clock = 0
+        self._convs: dict[tuple[int, int], _Conversation] = {}  # (pid, SSL*) -> conversation
+        self._by_fd: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> conv key
+
+    # -- ordering ---------------------------------------------------------------------
+    def feed(self, event: Any) -> Iterator[Any]:
+        ts = getattr(event, "timestamp_ns", None)
+        if self.reorder_ns <= 0 or ts is None:
+            yield from self._process(event)
+            return
+        heapq.heappush(self._heap, (ts, next(self._seq), event))
+        self._clock = max(self._clock, ts)
+        yield from self._release(self._clock - self.reorder_ns)
+
+    def tick(self, now_ns: int) -> Iterator[Any]:
+        """Live only: release held events older than the window at kernel time now_ns."""
+        yield from self._release(now_ns - self.reorder_ns)
+
+    def _release(self, upto: int) -> Iterator[Any]:
+        while self._heap and self._heap[0][0] <= upto:
+            yield from self._process(heapq.heappop(self._heap)[2])
+
+    def finish(self) -> Iterator[Any]:
+        while self._heap:
+            yield from self._process(heapq.heappop(self._heap)[2])
+        for key in list(self._convs):
+            yield from self._close(key)
+
+    # -- connections ------------------------------------------------------------------
+    def _process(self, event: Any) -> Iterator[Any]:
+        if isinstance(event, Conn):
+            old = self._by_fd.pop((event.pid, event.fd), None)
+            if old is not None:
+                # A close ends the conversation; a new connect/accept on the same fd means
+                # the fd was reused: the old conversation is over too.
+                yield from self._close(old)
+            yield event
+        elif isinstance(event, SslData):
+            yield from self._data(event)
+        else:
+            yield event
+
+    def _data(self, ev: SslData) -> Iterator[Any]:
+        key = (ev.pid, ev.ssl)
+        conv = self._convs.get(key)
+        if conv is not None and ev.conn is not None and conv.first.conn is not None \
+                and ev.conn.sock != conv.first.conn.sock:
+            yield from self._close(key)  # the SSL object was freed and reused
+            conv = None
+        if conv is None:
+            conv = self._convs[key] = _Conversation(ev)
+            if ev.conn is not None and ev.conn.kind in ("connect", "accept"):
+                conv.role = "client" if ev.conn.kind == "connect" else "server"
+        if ev.fd >= 0:
+            self._by_fd[(ev.pid, ev.fd)] = key
+        if conv.protocol is None:
+            conv.held.append(ev)
+            verdict = self._detect(conv)
+            if verdict is None:
+                return
+            conv.protocol = verdict
+            held, conv.held = conv.held, []
+            if verdict == "http1":
+                conv.parser = Http1Parser()
+            elif verdict == "http2":
+                conv.parser = Http2Parser()
+            for h in held:
+                yield from self._to_parser(conv, h)
+            return
+        yield from self._to_parser(conv, ev)
+
+    def _detect(self, conv: _Conversation) -> str | None:
+        """Decide the protocol from the client's first bytes, and the process's role where
+        connection events did not tell. None: wait for more data (an HTTP/2 server speaks
+        first, with SETTINGS, so the server's bytes alone prove nothing)."""
+        by_dir: dict[str, bytes] = {}
+        for h in conv.held:
+            by_dir[h.direction] = by_dir.get(h.direction, b"") + h.data
+        if conv.role is not None:
+            client_dir = "write" if conv.role == "client" else "read"
+            if client_dir in by_dir:
+                verdict = detect(by_dir[client_dir])
+                if verdict in ("http1", "http2"):
+                    return str(verdict)
+                if verdict is None:
+                    return "raw"
+        else:
+            for direction, data in by_dir.items():
+                verdict = detect(data)
+                if verdict in ("http1", "http2"):
+                    sender_is_client = verdict == "http2" or not data.startswith(b"HTTP/")
+                    writes_are_client = (direction == "write") == sender_is_client
+                    conv.role = "client" if writes_are_client else "server"
+                    return str(verdict)
+            if len(by_dir) == 2 and all(detect(d) is None for d in by_dir.values()):
+                conv.role = "client"
+                return "raw"
+        if len(conv.held) >= DETECT_MAX_EVENTS:
+            conv.role = conv.role or "client"
+            return "raw"
+        return None
+
+    def _side(self, conv: _Conversation, ev: SslData) -> Side:
+        role: Side = conv.role or "client"  # always set once a protocol is chosen
+        return role if ev.direction == "write" else _other(role)
+
+    def _to_parser(self, conv: _Conversation, ev: SslData) -> Iterator[Any]:
+        if conv.parser is None:
+            yield ev  # unknown protocol: the event as it came
+            return
+        side = self._side(conv, ev)
+        conv.last[side] = ev
+        yield from self._messages(conv, conv.parser.feed(side, ev.data, ev.timestamp_ns))
+
+    def _close(self, key: tuple[int, int]) -> Iterator[Any]:
+        conv = self._convs.pop(key, None)
+        if conv is None:
+            return
+        for fd_key in [k for k, v in self._by_fd.items() if v == key]:
+            del self._by_fd[fd_key]
+        if conv.protocol is None:
+            yield from conv.held  # never decided: show what there was
+            return
+        if conv.parser is not None:
+            yield from self._messages(conv, conv.parser.close())
+        for req in conv.requests:
+            yield self._exchange(conv, req, None)
+        for req in conv.by_stream.values():
+            yield self._exchange(conv, req, None)
+
+    # -- pairing ----------------------------------------------------------------------
+    def _messages(self, conv: _Conversation, messages: list[Any]) -> Iterator[Any]:
+        first = conv.first
+        for msg in messages:
+            if isinstance(msg, HttpRequest):
+                if msg.stream_id is None:
+                    conv.requests.append(msg)
+                else:
+                    conv.by_stream[msg.stream_id] = msg
+            elif isinstance(msg, HttpResponse):
+                if msg.informational:
+                    conv.informational.setdefault(msg.stream_id, []).append(msg)
+                    continue
+                if msg.stream_id is None:
+                    req = conv.requests.pop(0) if conv.requests else None
+                else:
+                    req = conv.by_stream.pop(msg.stream_id, None)
+                yield self._exchange(conv, req, msg)
+            elif isinstance(msg, ProtocolError):
+                yield ProtocolNotice(first.pid, first.comm, first.conn, msg)
+            elif isinstance(msg, Http2Frame):
+                yield FrameNotice(first.pid, first.comm, first.conn, msg)
+            elif isinstance(msg, RawData):
+                yield self._raw(conv, msg)
+
+    def _exchange(self, conv: _Conversation, req: HttpRequest | None,
+                  resp: HttpResponse | None) -> HttpExchange:
+        stream = (req or resp).stream_id if (req or resp) else None  # type: ignore[union-attr]
+        info = tuple(conv.informational.pop(stream, []))
+        protocol: Literal["http1", "http2"] = "http2" if conv.protocol == "http2" else "http1"
+        first = conv.first
+        return HttpExchange(protocol, first.pid, first.comm, first.conn, req, resp, info,
+                            conv.role or "client")
+
+    def _raw(self, conv: _Conversation, raw: RawData) -> SslData:
+        """Bytes a parser handed back: shown like the data event they came from."""
+        template = conv.last.get(raw.side, conv.first)
+        sent_by_us = raw.side == conv.role
+        return replace(template, data=raw.data, timestamp_ns=raw.ts_ns,
+                       direction="write" if sent_by_us else "read", total_len=len(raw.data))
+
+
+def _other(side: Side | None) -> Side:
+    return "server" if side == "client" else "client"
+
+
+__all__ = ["Conversations", "FrameNotice", "HttpExchange", "LostNotice", "ProtocolNotice"]

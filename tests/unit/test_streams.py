@@ -1,0 +1,127 @@
+"""Conversations: data events -> exchanges, with roles, connection identity, fd reuse,
+reordering, and raw fallback; plus the replay filters and the json model's shape."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from dataclasses import replace
+
+from ecapture.events import Conn, SslData
+from ecapture.filters import EventFilter, parse_when
+from ecapture.outputs.jsonl import JsonOutput
+from ecapture.streams import Conversations, HttpExchange
+
+REQ = b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def conn(kind: str = "connect", fd: int = 5, sock: int = 77, ts: int = 1) -> Conn:
+    return Conn(timestamp_ns=ts, kind=kind, pid=10, tid=10, uid=0, comm="curl", fd=fd,  # type: ignore[arg-type]
+                sock=sock, family=2, laddr="127.0.0.1", lport=40000, raddr="127.0.0.1",
+                rport=443)
+
+
+def data(direction: str, payload: bytes, ts: int, c: Conn | None, ssl: int = 0xA) -> SslData:
+    return SslData(timestamp_ns=ts, pid=10, tid=10, uid=0, comm="curl", fd=5, version=0x0304,
+                   direction=direction, func="SSL_write" if direction == "write" else "SSL_read",  # type: ignore[arg-type]
+                   ssl=ssl, data=payload, total_len=len(payload), conn=c)
+
+
+def run(events: list[object], reorder_ns: int = 0) -> list[object]:
+    conv = Conversations(reorder_ns)
+    out: list[object] = []
+    for ev in events:
+        out.extend(conv.feed(ev))
+    out.extend(conv.finish())
+    return out
+
+
+def only(kind: type, items: list[object]) -> list:  # type: ignore[type-arg]
+    return [i for i in items if isinstance(i, kind)]
+
+
+def test_client_exchange() -> None:
+    c = conn()
+    out = run([c, data("write", REQ, 2, c), data("read", RESP, 3, c)])
+    (ex,) = only(HttpExchange, out)
+    assert ex.role == "client" and ex.protocol == "http1"
+    assert ex.request.path == "/x" and ex.response.body == b"hello"
+    assert ex.latency_ns == 1 and ex.conn is c
+
+
+def test_server_side_is_the_mirror() -> None:
+    c = conn("accept")
+    out = run([c, data("read", REQ, 2, c), data("write", RESP, 3, c)])
+    (ex,) = only(HttpExchange, out)
+    assert ex.role == "server" and ex.response.status == 200
+
+
+def test_role_detected_without_connection_events() -> None:
+    out = run([data("read", REQ, 2, None), data("write", RESP, 3, None)])
+    (ex,) = only(HttpExchange, out)
+    assert ex.role == "server" and ex.request.path == "/x"
+
+
+def test_unknown_protocol_passes_through() -> None:
+    blob = bytes(range(256))
+    ev = data("write", blob, 2, None)
+    assert run([ev]) == [ev]
+
+
+def test_reused_fd_ends_the_old_conversation() -> None:
+    first, second = conn(sock=1, ts=1), conn(sock=2, ts=10)
+    out = run([first, data("write", REQ, 2, first), second,
+               data("write", REQ, 11, second, ssl=0xB), data("read", RESP, 12, second, ssl=0xB)])
+    exchanges = only(HttpExchange, out)
+    assert [(e.conn.sock, e.response is not None) for e in exchanges] == [(1, False), (2, True)]
+
+
+def test_reordering_window_restores_timestamp_order() -> None:
+    c = conn()
+    # A per-CPU buffer delivered the response before the request.
+    events = [c, data("read", RESP, 30, c), data("write", REQ, 20, c)]
+    (ex,) = only(HttpExchange, run(events, reorder_ns=50))
+    assert ex.request is not None and ex.response is not None
+
+
+def test_close_flushes_unanswered_request() -> None:
+    c = conn()
+    out = run([c, data("write", REQ, 2, c), replace(c, kind="close", timestamp_ns=5)])
+    (ex,) = only(HttpExchange, out)
+    assert ex.response is None
+
+
+def test_filters() -> None:
+    c = conn()
+    ev = data("write", REQ, 2_000_000_000, c)
+    assert EventFilter(pid=10)(ev) and not EventFilter(pid=11)(ev)
+    assert EventFilter(comm="curl")(ev) and not EventFilter(comm="wget")(ev)
+    assert EventFilter(port=443)(ev) and EventFilter(port=40000)(ev)
+    assert not EventFilter(port=80)(ev)
+    assert EventFilter(host="127.0.0.1")(ev) and not EventFilter(host="10.0.0.1")(ev)
+    assert not EventFilter(port=443)(replace(ev, conn=None))
+    offset = parse_when("2026-01-01T00:00:00+00:00")
+    assert EventFilter(since_ns=offset + 1_000_000_000, clock_offset_ns=offset)(ev)
+    assert not EventFilter(since_ns=offset + 3_000_000_000, clock_offset_ns=offset)(ev)
+    assert not EventFilter(until_ns=offset + 1_000_000_000, clock_offset_ns=offset)(ev)
+
+
+def test_json_lines_have_the_documented_fields() -> None:
+    c = conn()
+    out = run([c, data("write", REQ, 2, c), data("read", RESP, 3, c),
+               data("write", b"\xff\xfe", 4, None, ssl=0xC)])
+    buf = io.StringIO()
+    sink = JsonOutput(buf, 0, tz=dt.UTC)
+    for ev in out:
+        sink.write(ev)
+    objs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    kinds = [o["type"] for o in objs]
+    assert kinds == ["conn", "http", "data"]
+    http = objs[1]
+    assert http["request"]["path"] == "/x" and http["response"]["body"] == "hello"
+    assert http["client"] == "127.0.0.1:40000" and http["server"] == "127.0.0.1:443"
+    assert objs[2]["data_encoding"] == "base64" and objs[2]["data"] == "//4="
+    for o in objs:
+        assert o["time"].startswith("1970-01-01T00:00:00")
