@@ -97,11 +97,14 @@ def unprivileged_python(workdir: Path) -> list[str]:
 
     import construct
     import elftools
+    import h11
+    import hpack
+    import hyperframe
 
     import ecapture
 
     site = workdir / "site"
-    for pkg in (construct, elftools, ecapture):
+    for pkg in (construct, elftools, h11, hpack, hyperframe, ecapture):
         dest = site / pkg.__name__
         if not dest.exists():
             shutil.copytree(Path(pkg.__file__).parent, dest,
@@ -113,3 +116,10 @@ def unprivileged_python(workdir: Path) -> list[str]:
     assert python and setpriv, "needs /usr/bin/python3 and setpriv (util-linux)"
     return ["env", "-i", f"PYTHONPATH={site}", "TZ=UTC", "PATH=/usr/bin:/bin", setpriv,
             "--reuid=nobody", "--regid=nogroup", "--clear-groups", python]
+
+
+def nghttpd(port: int, docroot: Path, cert: tuple[str, str]) -> subprocess.Popen[bytes]:
+    """nghttp2's HTTP/2 server over TLS (OpenSSL), serving files from docroot."""
+    return subprocess.Popen(["nghttpd", "-a", "127.0.0.1", "-d", str(docroot), str(port),
+                             cert[1], cert[0]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

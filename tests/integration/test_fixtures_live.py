@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server, run_client
+from live_helpers import PROGRAMS, ROOT, Server, _free_port, _wait_port, nghttpd, run_client
 
 from ecapture.events import SslData
+from ecapture.streams import HttpExchange
 from ecapture.testing.replay import replay_events, replay_text
 
 sys.path.insert(0, str(PROGRAMS))
@@ -33,6 +34,7 @@ def save_fixture(config: pytest.Config, recording: Path | None, name: str) -> No
     shutil.copyfile(recording, target)
     target.chmod(0o644)  # a test fixture holds no secrets of anyone's
     (FIXTURES / f"{name}.expected.txt").write_text(replay_text(target))
+    (FIXTURES / f"{name}.expected.jsonl").write_text(replay_text(target, model="json"))
 
 
 def test_curl_against_openssl_s_server(request: pytest.FixtureRequest, capture,
@@ -61,3 +63,39 @@ def test_python_client_uploads_one_mib(request: pytest.FixtureRequest, capture,
     events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
     assert sum(1 for e in events if e.data == pattern(size)) == 1
     save_fixture(request.config, cap.record, "python_upload_1mib")
+
+
+def test_curl_http2_against_nghttpd(request: pytest.FixtureRequest, capture, cert,
+                                    tmp_path: Path) -> None:
+    docroot = tmp_path / "docroot"
+    docroot.mkdir()
+    for name in ("index.html", "a.txt", "b.txt"):
+        (docroot / name).write_text(f"<p>{name} over HTTP/2</p>\n" * 3)
+    port = _free_port()
+    server = nghttpd(port, docroot, cert)
+    try:
+        _wait_port(port)
+        cap = capture()
+        subprocess.run(["curl", "--http2", "-sk", *(f"https://127.0.0.1:{port}/{n}"
+                                                    for n in ("index.html", "a.txt", "b.txt"))],
+                       check=True, capture_output=True, timeout=30)
+        cap.stop()
+    finally:
+        server.terminate()
+        server.wait(10)
+    got = [e for e in replay_events(cap.record, parsed=True) if isinstance(e, HttpExchange)
+           and e.comm == "curl"]
+    assert [e.request.path for e in got if e.request] == ["/index.html", "/a.txt", "/b.txt"]
+    assert all(e.response is not None and e.response.status == 200 for e in got)
+    save_fixture(request.config, cap.record, "curl_http2")
+
+
+def test_python_keepalive_http11(request: pytest.FixtureRequest, capture,
+                                 https_server: Server) -> None:
+    cap = capture()
+    run_client(https_server.port, "session", "/plain", "/chunked", "/gzip")
+    cap.stop()
+    got = [e for e in replay_events(cap.record, parsed=True) if isinstance(e, HttpExchange)
+           and e.pid != https_server.pid]
+    assert [e.request.path for e in got if e.request] == ["/plain", "/chunked", "/gzip"]
+    save_fixture(request.config, cap.record, "python_keepalive")

@@ -33,7 +33,8 @@ def data_events(path: Path | None, pid: int | None = None) -> list[SslData]:
 
 @pytest.mark.parametrize("buffer", ["ringbuf", "perf"])
 def test_curl_request_response_and_tuples(capture, https_server: Server, buffer: str) -> None:
-    cap = capture(*(["--perf-buffer"] if buffer == "perf" else []))
+    # --raw: the per-call blocks of the text model, which this test reads.
+    cap = capture("--raw", *(["--perf-buffer"] if buffer == "perf" else []))
     assert f"({'perf' if buffer == 'perf' else 'ring'} buffer)" in cap.err_path.read_text()
     port = https_server.port
     subprocess.run(["curl", "-sk", f"https://127.0.0.1:{port}/hello"], check=True,

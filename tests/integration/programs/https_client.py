@@ -2,6 +2,7 @@
 
 usage: https_client.py PORT get PATH [PATH ...]   one connection per path
        https_client.py PORT upload NBYTES         POST NBYTES of a known text pattern
+       https_client.py PORT session PATH [PATH ...] all on one keep-alive connection
        https_client.py PORT keepalive P1 P2       P1, then P2 on the same connection after
                                                   a line on stdin; close after another
 Prints one JSON line per request: path, local port, status, response body.
@@ -38,6 +39,21 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> Non
                       "body": data.decode()}), flush=True)
 
 
+def session(port: int, paths: list[str]) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    for path in paths:
+        # Accept-Encoding: gzip so the server may compress; http.client does not decode.
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        body = resp.read()
+        print(json.dumps({"path": path, "local_port": conn.sock.getsockname()[1],
+                          "status": resp.status, "body_len": len(body)}), flush=True)
+    conn.close()
+
+
 def keepalive(port: int, first: str, second: str) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -60,6 +76,8 @@ def main() -> None:
     if mode == "get":
         for path in sys.argv[3:]:
             request(port, "GET", path)
+    elif mode == "session":
+        session(port, sys.argv[3:])
     elif mode == "keepalive":
         keepalive(port, sys.argv[3], sys.argv[4])
     elif mode == "upload":

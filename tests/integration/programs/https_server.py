@@ -1,15 +1,24 @@
 """A real HTTPS server for live tests: Python's http.server over the ssl module (OpenSSL).
 
-GET /PATH answers "hello PATH"; POST answers the byte count and sha256 of the body. Every
+GET /PATH answers "hello PATH" (GET /chunked: a chunked body; GET /gzip: a gzip-encoded
+body; both of text ``expected_body(path)``); POST answers the byte count and sha256 of the
+body. Every
 request is logged to stdout as one JSON line with the client's address, so tests know the
 ground-truth 4-tuple. Prints "READY <port>" once listening.
 """
 
+import gzip
 import hashlib
 import json
 import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+def expected_body(path: str) -> bytes:
+    if path in ("/chunked", "/gzip"):
+        return "".join(f"{path} line {i:04d}\n" for i in range(400)).encode()
+    return f"hello {path}\n".encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -21,9 +30,27 @@ class Handler(BaseHTTPRequestHandler):
                           **extra}), flush=True)
 
     def do_GET(self) -> None:
-        body = f"hello {self.path}\n".encode()
         self._log()
-        self._reply(body)
+        body = expected_body(self.path)
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 1000):
+                piece = body[i:i + 1000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/gzip":
+            packed = gzip.compress(body, mtime=0)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(packed)))
+            self.end_headers()
+            self.wfile.write(packed)
+        else:
+            self._reply(body)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
