@@ -46,6 +46,7 @@ class EventFilter:
     def __post_init__(self) -> None:
         if self.host is not None:
             self.host = _normal_host(self.host)
+        self._passed: set[tuple[int, int]] = set()  # (pid, fd) of connections let through
 
     @property
     def active(self) -> bool:
@@ -67,9 +68,18 @@ class EventFilter:
         if self.port is None and self.host is None:
             return True
         conn = event if isinstance(event, Conn) else event.conn
-        if conn is None or conn.kind == "close":
-            # A close carries no addresses: keep it, it only ends what was let through.
-            return conn is not None
+        if conn is None:
+            return False
+        key = (conn.pid, conn.fd)
+        if conn.kind == "close":
+            # A close carries no addresses: it passes when the connection it ends did.
+            if isinstance(event, Conn) and key in self._passed:
+                self._passed.discard(key)
+                return True
+            return False
         if self.port is not None and self.port not in (conn.lport, conn.rport):
             return False
-        return self.host is None or self.host in (conn.laddr, conn.raddr)
+        if self.host is not None and self.host not in (conn.laddr, conn.raddr):
+            return False
+        self._passed.add(key)
+        return True

@@ -28,6 +28,10 @@ from ecapture.parsers.messages import (
 )
 
 DETECT_MAX_EVENTS = 8  # give up on detection after this many events without a verdict
+# A conversation still undecided after this long without new data (e.g. a server that
+# spoke first and a client that never answered) is shown raw rather than held forever.
+IDLE_NS = 5_000_000_000
+IDLE_SCAN_NS = 1_000_000_000  # look for idle conversations at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +117,15 @@ class Conversations:
         self._heap: list[tuple[int, int, Any]] = []
         self._seq = itertools.count()
         self._clock = 0
+        self._last_scan = 0
         self._convs: dict[tuple[int, int], _Conversation] = {}  # (pid, SSL*) -> conversation
         self._by_fd: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> conv key
 
     # -- ordering ---------------------------------------------------------------------
     def feed(self, event: Any) -> Iterator[Any]:
         ts = getattr(event, "timestamp_ns", None)
+        if ts is not None:
+            yield from self._flush_idle(ts)
         if self.reorder_ns <= 0 or ts is None:
             yield from self._process(event)
             return
@@ -127,8 +134,21 @@ class Conversations:
         yield from self._release(self._clock - self.reorder_ns)
 
     def tick(self, now_ns: int) -> Iterator[Any]:
-        """Live only: release held events older than the window at kernel time now_ns."""
+        """Live only: at kernel time now_ns, release events held for reordering and flush
+        idle undecided conversations, even if no new event comes to move time on."""
         yield from self._release(now_ns - self.reorder_ns)
+        yield from self._flush_idle(now_ns)
+
+    def _flush_idle(self, now_ns: int) -> Iterator[Any]:
+        if now_ns - self._last_scan < IDLE_SCAN_NS:
+            return
+        self._last_scan = now_ns
+        for conv in self._convs.values():
+            if conv.protocol is None and conv.held and \
+                    now_ns - conv.held[-1].timestamp_ns > IDLE_NS:
+                conv.protocol, conv.role = "raw", conv.role or "client"
+                held, conv.held = conv.held, []
+                yield from held
 
     def _release(self, upto: int) -> Iterator[Any]:
         while self._heap and self._heap[0][0] <= upto:

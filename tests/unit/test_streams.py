@@ -93,6 +93,19 @@ def test_close_flushes_unanswered_request() -> None:
     assert ex.response is None
 
 
+def test_cli_replay_filters_by_comm_and_port(capsys) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from ecapture.cli import main
+
+    rec = Path(__file__).resolve().parents[2] / "fixtures/recordings/tls/curl_http2.ecap"
+    assert main(["replay", str(rec), "-m", "json", "--comm", "nghttpd"]) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert objs and {o["comm"] for o in objs if "comm" in o} == {"nghttpd"}
+    assert main(["replay", str(rec), "-m", "json", "--port", "1"]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_filters() -> None:
     c = conn()
     ev = data("write", REQ, 2_000_000_000, c)
@@ -102,6 +115,9 @@ def test_filters() -> None:
     assert not EventFilter(port=80)(ev)
     assert EventFilter(host="127.0.0.1")(ev) and not EventFilter(host="10.0.0.1")(ev)
     assert not EventFilter(port=443)(replace(ev, conn=None))
+    keep, other = EventFilter(port=443), conn(fd=6)
+    assert keep(c) and keep(replace(c, kind="close"))  # the close of a kept connection
+    assert not keep(replace(other, kind="close"))  # ... but not of one never let through
     offset = parse_when("2026-01-01T00:00:00+00:00")
     assert EventFilter(since_ns=offset + 1_000_000_000, clock_offset_ns=offset)(ev)
     assert not EventFilter(since_ns=offset + 3_000_000_000, clock_offset_ns=offset)(ev)
@@ -125,3 +141,17 @@ def test_json_lines_have_the_documented_fields() -> None:
     assert objs[2]["data_encoding"] == "base64" and objs[2]["data"] == "//4="
     for o in objs:
         assert o["time"].startswith("1970-01-01T00:00:00")
+
+
+def test_idle_undecided_conversation_is_flushed_raw() -> None:
+    from ecapture.streams import IDLE_NS
+
+    c = conn()
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # a server speaking first
+    conv = Conversations()
+    first = data("read", settings, 10, c)
+    assert list(conv.feed(c)) == [c]
+    assert list(conv.feed(first)) == []  # held: the client has not spoken yet
+    later = data("write", REQ, 10 + IDLE_NS + 2, c, ssl=0xB)  # another connection moves time
+    assert list(conv.feed(later)) == [first]
+    assert list(conv.tick(10)) == []
