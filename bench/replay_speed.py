@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecapture.outputs.text import TextOutput  # noqa: E402
-from ecapture.pipeline import Pipeline, bind_from_metadata  # noqa: E402
+from ecapture.pipeline import Pipeline, bind_from_metadata, reorder_window  # noqa: E402
 from ecapture.record import Record  # noqa: E402
 from ecapture.record.reader import Reader  # noqa: E402
 from ecapture.record.writer import Writer  # noqa: E402
+from ecapture.streams import Conversations  # noqa: E402
 
 FIXTURE = ROOT / "fixtures" / "recordings" / "tls" / "curl_http11.ecap"
 
@@ -91,21 +92,24 @@ def measure(path: Path) -> None:
             lost += item.count
     t_read = time.perf_counter() - t0
 
-    reader = Reader(str(path))
-    with open(os.devnull, "w") as sink:
-        pipeline = Pipeline(bind_from_metadata(reader.metadata),
-                            [TextOutput(sink, int(reader.metadata.get("clock_offset_ns", 0)))])
-        t0 = time.perf_counter()
-        for item in reader:
-            pipeline.feed(item)
-        pipeline.close()
-        t_full = time.perf_counter() - t0
     size = path.stat().st_size
     print(f"recording:        {path} ({size / 2**20:.1f} MiB, {count} records, "
           f"{lost} events lost in capture)")
     print(f"read only:        {count / t_read:,.0f} records/s ({t_read:.2f} s)")
-    print(f"replay to text:   {count / t_full:,.0f} events/s ({t_full:.2f} s), "
-          f"{pipeline.events} outputs, {pipeline.decode_errors} decode errors")
+    for label, parsed in (("text --raw", False), ("text (HTTP)", True)):
+        reader = Reader(str(path))
+        meta = reader.metadata
+        with open(os.devnull, "w") as sink:
+            pipeline = Pipeline(
+                bind_from_metadata(meta), [TextOutput(sink, int(meta.get("clock_offset_ns", 0)))],
+                conversations=Conversations(reorder_window(meta)) if parsed else None)
+            t0 = time.perf_counter()
+            for item in reader:
+                pipeline.feed(item)
+            pipeline.close()
+            t_full = time.perf_counter() - t0
+        print(f"replay {label + ':':13} {count / t_full:,.0f} events/s ({t_full:.2f} s), "
+              f"{pipeline.events} outputs, {pipeline.decode_errors} decode errors")
 
 
 def main() -> None:
