@@ -19,11 +19,11 @@ its last byte, so a pipelined request parsed later still carries its own times.
 
 from __future__ import annotations
 
-import zlib
 from bisect import bisect_right
 
 import h11
 
+from ecapture.parsers.content import decode_body
 from ecapture.parsers.messages import (
     HttpRequest,
     HttpResponse,
@@ -37,7 +37,6 @@ from ecapture.parsers.messages import (
 # h11 check incomplete ones, so the verdict doesn't depend on how the bytes were split.
 MAX_HEAD = 64 * 1024
 # Content decoding gives up (keeps the wire bytes) past this size: decompression bombs.
-MAX_DECODED = 64 * 1024 * 1024
 
 _Head = h11.Request | h11.Response | h11.InformationalResponse
 _Event = _Head | h11.Data | h11.EndOfMessage | h11.ConnectionClosed
@@ -265,7 +264,7 @@ class Http1Parser:
         assert head is not None
         fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers]
         wire = b"".join(half.body)
-        body = _decode(wire, fields, complete)
+        body = decode_body(wire, fields, complete)
         fields += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in half.trailers]
         version = head.http_version.decode("latin-1")
         start_ns, end_ns = half.ts_at(half.base), half.ts_at(end - 1)
@@ -304,38 +303,3 @@ def _sendable(event: _Event) -> _Event:
         return h11.Response(status_code=event.status_code, reason=event.reason, headers=headers)
     return h11.InformationalResponse(status_code=event.status_code, reason=event.reason,
                                      headers=headers)
-
-
-def _decode(wire: bytes, headers: list[tuple[str, str]], complete: bool) -> bytes:
-    """Undo Content-Encoding (last applied first); any failure keeps the wire bytes."""
-    codings = [c.strip().lower() for n, v in headers if n == "content-encoding"
-               for c in v.split(",")]
-    body = wire
-    for coding in reversed([c for c in codings if c and c != "identity"]):
-        decoded = _inflate(body, coding, complete)
-        if decoded is None:
-            return wire
-        body = decoded
-    return body
-
-
-def _inflate(data: bytes, coding: str, complete: bool) -> bytes | None:
-    attempts: tuple[int, ...]
-    if coding in ("gzip", "x-gzip"):
-        attempts = (16 + zlib.MAX_WBITS,)
-    elif coding == "deflate":  # meant to be zlib-wrapped, but raw deflate is common too
-        attempts = (zlib.MAX_WBITS, -zlib.MAX_WBITS)
-    else:
-        return None
-    for wbits in attempts:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(data, MAX_DECODED)
-        except zlib.error:
-            continue
-        if inflater.unconsumed_tail:  # hit MAX_DECODED
-            return None
-        # A truncated capture may still decode partly; a complete body must decode entirely.
-        if inflater.eof or (not complete and out):
-            return out
-    return None

@@ -15,7 +15,6 @@ first byte of the message's first HEADERS frame, ``end_ns`` that of the feed tha
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from ecapture.parsers.content import decode_body
 from ecapture.parsers.messages import (
     Http2Frame,
     HttpRequest,
@@ -56,7 +56,6 @@ _DEFAULT_MAX_FRAME = 16_384  # initial SETTINGS_MAX_FRAME_SIZE, RFC 9113 §6.5.2
 # whatever the peer accepted, so be far more generous, but still bound header blocks.
 _MAX_HEADER_LIST = 16 * 1024 * 1024
 # Content decoding gives up (keeps the wire bytes) past this size: decompression bombs.
-MAX_DECODED = 64 * 1024 * 1024
 
 _FRAME_NAMES = {0x0: "DATA", 0x1: "HEADERS", 0x2: "PRIORITY", 0x3: "RST_STREAM",
                 0x4: "SETTINGS", 0x5: "PUSH_PROMISE", 0x6: "PING", 0x7: "GOAWAY",
@@ -344,7 +343,7 @@ class Http2Parser:
 def _message(side: Side, stream_id: int, half: _Half, end_ns: int,
              complete: bool) -> HttpRequest | HttpResponse:
     headers = tuple(half.headers)
-    body = _decode_body(bytes(half.body), half.headers, complete)
+    body = decode_body(bytes(half.body), half.headers, complete)
     start = end_ns if half.start_ns is None else half.start_ns
     if side == "client":
         return HttpRequest("2", _first(headers, ":method"),
@@ -387,31 +386,3 @@ def _flags(frame: Frame) -> tuple[str, ...]:
 
 def _error_name(code: int) -> str:
     return _ERROR_CODES[code] if code < len(_ERROR_CODES) else hex(code)
-
-
-def _decode_body(wire: bytes, headers: list[tuple[str, str]], complete: bool) -> bytes:
-    """Undo content-encoding (RFC 9110 §8.4: the last coding listed was applied last); on any
-    failure or unknown coding keep the wire bytes."""
-    codings = [c.strip().lower() for n, v in headers if n == "content-encoding"
-               for c in v.split(",")]
-    body = wire
-    for coding in reversed([c for c in codings if c and c != "identity"]):
-        if coding in ("gzip", "x-gzip"):
-            attempts = [16 + zlib.MAX_WBITS]
-        elif coding == "deflate":  # should be zlib-wrapped (RFC 9110 §8.4.1.2); raw is common
-            attempts = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
-        else:
-            return wire
-        for wbits in attempts:
-            inflater = zlib.decompressobj(wbits)
-            try:
-                decoded = inflater.decompress(body, MAX_DECODED)
-            except zlib.error:
-                continue
-            # Complete bodies must decode to the end; a cut-off one may decode partly.
-            if not inflater.unconsumed_tail and (inflater.eof or (not complete and decoded)):
-                body = decoded
-                break
-        else:
-            return wire
-    return body
