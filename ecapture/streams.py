@@ -105,6 +105,7 @@ class _Conversation:
     by_stream: dict[int, HttpRequest] = field(default_factory=dict)  # HTTP/2
     informational: dict[int | None, list[HttpResponse]] = field(default_factory=dict)
     last: dict[Side, SslData] = field(default_factory=dict)
+    fds: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) keys pointing here
 
 
 class Conversations:
@@ -187,6 +188,7 @@ class Conversations:
                 conv.role = "client" if ev.conn.kind == "connect" else "server"
         if ev.fd >= 0:
             self._by_fd[(ev.pid, ev.fd)] = key
+            conv.fds.add((ev.pid, ev.fd))
         if conv.protocol is None:
             conv.held.append(ev)
             verdict = self._detect(conv)
@@ -250,8 +252,9 @@ class Conversations:
         conv = self._convs.pop(key, None)
         if conv is None:
             return
-        for fd_key in [k for k, v in self._by_fd.items() if v == key]:
-            del self._by_fd[fd_key]
+        for fd_key in conv.fds:
+            if self._by_fd.get(fd_key) == key:
+                del self._by_fd[fd_key]
         if conv.protocol is None:
             yield from conv.held  # never decided: show what there was
             return
