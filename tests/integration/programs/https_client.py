@@ -3,6 +3,7 @@
 usage: https_client.py PORT get PATH [PATH ...]   one connection per path
        https_client.py PORT upload NBYTES         POST NBYTES of a known text pattern
        https_client.py PORT session PATH [PATH ...] all on one keep-alive connection
+       https_client.py PORT upload-wait NBYTES    connect, wait for a line on stdin, upload
        https_client.py PORT keepalive P1 P2       P1, then P2 on the same connection after
                                                   a line on stdin; close after another
 Prints one JSON line per request: path, local port, status, response body.
@@ -24,13 +25,17 @@ def pattern(n: int) -> bytes:
     return bytes(out[:n])
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None) -> None:
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            wait: bool = False) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
     conn.connect()
     local_port = conn.sock.getsockname()[1]
+    if wait:
+        print(json.dumps({"connected": local_port}), flush=True)
+        sys.stdin.readline()
     conn.request(method, path, body=body)
     resp = conn.getresponse()
     data = resp.read()
@@ -80,6 +85,8 @@ def main() -> None:
         session(port, sys.argv[3:])
     elif mode == "keepalive":
         keepalive(port, sys.argv[3], sys.argv[4])
+    elif mode == "upload-wait":
+        request(port, "POST", "/upload", pattern(int(sys.argv[3])), wait=True)
     elif mode == "upload":
         request(port, "POST", "/upload", pattern(int(sys.argv[3])))
     else:
