@@ -19,8 +19,7 @@ from ecapture import modules as registry
 from ecapture.errors import ConfigError, EcaptureError
 from ecapture.filters import EventFilter, parse_when
 from ecapture.modules.base import Module
-from ecapture.outputs.jsonl import JsonOutput
-from ecapture.outputs.text import TextOutput
+from ecapture.outputs import make_output
 from ecapture.pipeline import Pipeline, bind, bind_from_metadata, reorder_window
 from ecapture.record import Lost, Record
 from ecapture.streams import Conversations
@@ -62,12 +61,8 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 def make_pipeline(args: argparse.Namespace, bindings: list[Any], metadata: dict[str, Any],
                   accept: Any = None) -> Pipeline:
     """The same outputs and stages for live capture and replay."""
-    offset = int(metadata.get("clock_offset_ns", 0))
-    output: Any
-    if args.model == "json":
-        output = JsonOutput(sys.stdout, offset)
-    else:
-        output = TextOutput(sys.stdout, offset, hex=args.hex)
+    output = make_output(args.model, sys.stdout, int(metadata.get("clock_offset_ns", 0)),
+                         hex=args.hex)
     conversations = None if args.raw else Conversations(reorder_window(metadata))
     return Pipeline(bindings, [output], accept=accept, conversations=conversations)
 

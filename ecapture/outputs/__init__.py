@@ -6,10 +6,23 @@ so a replay prints exactly what the live run printed.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import datetime as dt
+from typing import Any, Protocol, TextIO
 
 
 class Output(Protocol):
     def write(self, event: Any) -> None: ...
 
     def close(self) -> None: ...
+
+
+def make_output(model: str, stream: TextIO, clock_offset_ns: int, hex: bool = False,
+                tz: dt.tzinfo | None = None) -> Output:
+    """The output of a model ("text" or "json"), for the CLI and for test replays alike."""
+    # Imported here: the models import the streams layer, which imports nothing of ours.
+    from ecapture.outputs.jsonl import JsonOutput
+    from ecapture.outputs.text import TextOutput
+
+    if model == "json":
+        return JsonOutput(stream, clock_offset_ns, tz=tz)
+    return TextOutput(stream, clock_offset_ns, hex=hex, tz=tz)

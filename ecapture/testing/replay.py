@@ -8,8 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ecapture.outputs.jsonl import JsonOutput
-from ecapture.outputs.text import TextOutput
+from ecapture.outputs import make_output
 from ecapture.pipeline import Pipeline, bind_from_metadata, reorder_window
 from ecapture.record.reader import Reader
 from ecapture.streams import Conversations
@@ -49,8 +48,7 @@ def replay_text(path: str | Path, hex: bool = False, tz: dt.tzinfo | None = dt.U
     with Reader(str(path)) as reader:
         meta = reader.metadata
         offset = int(meta.get("clock_offset_ns", 0))
-        output: Any = JsonOutput(out, offset, tz=tz) if model == "json" else \
-            TextOutput(out, offset, hex=hex, tz=tz)
+        output = make_output(model, out, offset, hex=hex, tz=tz)
         pipeline = Pipeline(bind_from_metadata(meta), [output],
                             conversations=None if raw else Conversations(reorder_window(meta)))
         for item in reader:
