@@ -24,7 +24,7 @@ from ecapture.pipeline import Pipeline, bind, bind_from_metadata, reorder_window
 from ecapture.record import Lost, Record
 from ecapture.streams import Conversations
 
-MODELS = ("text", "json")
+MODELS = ("text", "json", "keylog")
 DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
 DEMO = "tls/curl_http11.ecap"
 
@@ -52,7 +52,10 @@ def _positive(text: str) -> float:
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", choices=MODELS, default="text",
-                   help="text: blocks for people; json: one object per line (docs/json.md)")
+                   help="text: blocks for people; json: one object per line (docs/json.md); "
+                        "keylog: TLS secrets as SSLKEYLOGFILE lines into --keylogfile")
+    p.add_argument("-k", "--keylogfile", metavar="FILE", default="ecapture_openssl_key.log",
+                   help="where -m keylog writes (default: ecapture_openssl_key.log)")
     p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
     p.add_argument("--raw", action="store_true",
                    help="one block per TLS read/write, without parsing HTTP")
@@ -62,7 +65,7 @@ def make_pipeline(args: argparse.Namespace, bindings: list[Any], metadata: dict[
                   accept: Any = None) -> Pipeline:
     """The same outputs and stages for live capture and replay."""
     output = make_output(args.model, sys.stdout, int(metadata.get("clock_offset_ns", 0)),
-                         hex=args.hex)
+                         hex=args.hex, keylogfile=args.keylogfile)
     conversations = None if args.raw else Conversations(reorder_window(metadata))
     return Pipeline(bindings, [output], accept=accept, conversations=conversations)
 
@@ -147,6 +150,8 @@ def _run_live(args: argparse.Namespace) -> int:
     if args.dump_ebpf:
         return _dump_ebpf(session)
     session.init()
+    if args.model == "keylog":
+        module.require_keys()
 
     def on_signal(signum: int, _frame: Any) -> None:
         session.stop()

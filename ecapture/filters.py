@@ -12,6 +12,7 @@ from typing import Any
 
 from ecapture.errors import ConfigError
 from ecapture.events import Conn, SslData
+from ecapture.tlskeys import MasterSecret
 
 
 def parse_when(text: str) -> int:
@@ -54,16 +55,11 @@ class EventFilter:
                                            self.since_ns, self.until_ns))
 
     def __call__(self, event: Any) -> bool:
+        if isinstance(event, MasterSecret):
+            return self._process_and_time(event)
         if not isinstance(event, Conn | SslData):
             return True  # lost-event notices and the like always pass
-        if self.pid is not None and event.pid != self.pid:
-            return False
-        if self.comm is not None and event.comm != self.comm:
-            return False
-        wall = event.timestamp_ns + self.clock_offset_ns
-        if self.since_ns is not None and wall < self.since_ns:
-            return False
-        if self.until_ns is not None and wall > self.until_ns:
+        if not self._process_and_time(event):
             return False
         if self.port is None and self.host is None:
             return True
@@ -83,3 +79,13 @@ class EventFilter:
             return False
         self._passed.add(key)
         return True
+
+    def _process_and_time(self, event: Conn | SslData | MasterSecret) -> bool:
+        if self.pid is not None and event.pid != self.pid:
+            return False
+        if self.comm is not None and event.comm != self.comm:
+            return False
+        wall = event.timestamp_ns + self.clock_offset_ns
+        if self.since_ns is not None and wall < self.since_ns:
+            return False
+        return self.until_ns is None or wall <= self.until_ns

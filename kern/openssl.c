@@ -92,6 +92,57 @@ BPF_HASH(handshakes, u32, u64, 16384);                  /* tid -> SSL* in SSL_do
 BPF_TABLE("lru_hash", struct ssl_key_t, s32, ssl_fds, 65536); /* (pid, SSL*) -> fd */
 BPF_PERCPU_ARRAY(ssl_heap, struct ssl_data_event_t, 1); /* too big for the 512-byte stack */
 
+#ifdef CAPTURE_KEYS
+/* Keys: once per connection, at its first successful read or write. An SSL* is reused
+ * after SSL_free, so a connection is (pid, SSL*) plus its client random. */
+BPF_TABLE("lru_hash", struct ssl_key_t, u64, keys_sent, 65536);
+BPF_PERCPU_ARRAY(key_heap, struct master_secret_event_t, 1);
+
+static __always_inline void emit_keys(void *ctx, u64 pid_tgid, u64 ssl) {
+    struct ssl_key_t key = {.pid = pid_tgid >> 32, .pad = 0, .ssl = ssl};
+    u64 random_head = 0;
+    bpf_probe_read_user(&random_head, sizeof(random_head), (void *)(ssl + OFF_CLIENT_RANDOM));
+    u64 *sent = keys_sent.lookup(&key);
+    if (sent && *sent == random_head)
+        return;
+    keys_sent.update(&key, &random_head);
+    u32 zero = 0;
+    struct master_secret_event_t *ev = key_heap.lookup(&zero);
+    if (!ev)
+        return;
+    __builtin_memset(ev, 0, sizeof(*ev));
+    ev->kind = ECAP_EVENT_MASTER_SECRET;
+    ev->pid = pid_tgid >> 32;
+    ev->timestamp_ns = bpf_ktime_get_ns();
+    ev->ssl = ssl;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    bpf_probe_read_user(&ev->version, sizeof(ev->version), (void *)(ssl + SSL_VERSION_OFFSET));
+    bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
+                        (void *)(ssl + OFF_CLIENT_RANDOM));
+    u64 session = 0;
+    bpf_probe_read_user(&session, sizeof(session), (void *)(ssl + OFF_SESSION));
+    if (session) {
+        bpf_probe_read_user(ev->master_key, sizeof(ev->master_key),
+                            (void *)(session + OFF_SESSION_MASTER_KEY));
+        u64 cipher = 0;
+        bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + OFF_SESSION_CIPHER));
+        if (cipher)
+            bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id),
+                                (void *)(cipher + OFF_CIPHER_ID));
+    }
+    bpf_probe_read_user(ev->handshake_secret, 64, (void *)(ssl + OFF_HANDSHAKE_SECRET));
+    bpf_probe_read_user(ev->handshake_traffic_hash, 64,
+                        (void *)(ssl + OFF_HANDSHAKE_TRAFFIC_HASH));
+    bpf_probe_read_user(ev->client_app_traffic_secret, 64,
+                        (void *)(ssl + OFF_CLIENT_APP_TRAFFIC_SECRET));
+    bpf_probe_read_user(ev->server_app_traffic_secret, 64,
+                        (void *)(ssl + OFF_SERVER_APP_TRAFFIC_SECRET));
+    bpf_probe_read_user(ev->exporter_master_secret, 64,
+                        (void *)(ssl + OFF_EXPORTER_MASTER_SECRET));
+    emit(ctx, ev, sizeof(*ev));
+}
+#endif
+
 static __always_inline int ssl_enter(struct pt_regs *ctx, u32 func) {
     u64 id = bpf_get_current_pid_tgid();
     if (!traced(id, (u32)bpf_get_current_uid_gid()))
@@ -131,6 +182,9 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
     }
     if (total == 0)
         return 0;
+#ifdef CAPTURE_KEYS
+    emit_keys(ctx, id, call.ssl);
+#endif
 
     u32 zero = 0;
     struct ssl_data_event_t *ev = ssl_heap.lookup(&zero);
@@ -176,6 +230,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
     }
     return 0;
 }
+
 
 int uprobe_SSL_read(struct pt_regs *ctx) { return ssl_enter(ctx, SSL_FUNC_READ); }
 int uprobe_SSL_write(struct pt_regs *ctx) { return ssl_enter(ctx, SSL_FUNC_WRITE); }

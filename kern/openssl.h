@@ -74,4 +74,24 @@ struct conn_event_t {
     __u32 reserved2;    /* explicit tail padding: sizeof is a multiple of 8 */
 };
 
+/* The secrets of one TLS connection, read from OpenSSL's structs once per (pid, SSL*) at
+ * the first successful SSL_read/SSL_write, when the handshake is done. Offsets differ per
+ * OpenSSL version and come as -D cflags from ecapture/modules/openssl_offsets.py. */
+struct master_secret_event_t {
+    __u32 kind;         /* ECAP_EVENT_MASTER_SECRET */
+    __u32 pid;
+    __u64 timestamp_ns;
+    __u64 ssl;
+    __s32 version;      /* SSL->version */
+    __u32 cipher_id;    /* SSL_SESSION->cipher->id, e.g. 0x03001301 */
+    __u8 client_random[32];
+    __u8 master_key[48];              /* TLS <= 1.2 */
+    __u8 handshake_secret[64];        /* TLS 1.3, from here on */
+    __u8 handshake_traffic_hash[64];
+    __u8 client_app_traffic_secret[64];
+    __u8 server_app_traffic_secret[64];
+    __u8 exporter_master_secret[64];
+    char comm[ECAP_COMM_LEN];
+};
+
 #endif

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import construct as cs
 
-from ecapture.errors import DecodeError
+from ecapture.errors import ConfigError, DecodeError
 from ecapture.structs import fingerprint
 from ecapture.structs.layout import HeaderCodec, header_codec
 
@@ -116,6 +116,11 @@ class Module:
 
     def init(self) -> None:
         """Resolve what to attach to (paths, versions). Reads the filesystem, needs no root."""
+
+    def require_keys(self) -> None:
+        """Called after init() when the user asked for TLS keys: raise AttachError if this
+        module cannot capture them from the target it found."""
+        raise ConfigError(f"module {self.name} does not capture TLS keys")
 
     # -- kernel side ---------------------------------------------------------------
     def probes(self) -> list[Probe]:

@@ -26,14 +26,18 @@ from ecapture.modules.base import (
     non_negative_int,
     split_kind,
 )
+from ecapture.modules.openssl_offsets import KeyOffsets, key_offsets
 from ecapture.structs.openssl import (
     EVENT_CONN,
+    EVENT_MASTER_SECRET,
     EVENT_SSL_DATA,
     SSL_CHUNK_SIZE,
     conn_event_t,
+    master_secret_event_t,
     ssl_data_event_t,
 )
 from ecapture.targets import build_id, elf_symbols, find_library, needed_libraries, scan_version
+from ecapture.tlskeys import MasterSecret
 
 # Preference order: OpenSSL 3 first. Exact names: Debian's libssl3.so is NSS, not OpenSSL.
 LIBSSL_PATTERNS = (r"libssl\.so\.3", r"libssl\.so\.1\.1", r"libssl\.so")
@@ -85,13 +89,16 @@ class OpenSSLModule(Module):
     )
     maps = (
         EventMap("events", {EVENT_SSL_DATA: ("ssl_data_event_t", ssl_data_event_t),
-                            EVENT_CONN: ("conn_event_t", conn_event_t)}),
+                            EVENT_CONN: ("conn_event_t", conn_event_t),
+                            EVENT_MASTER_SECRET: ("master_secret_event_t",
+                                                  master_secret_event_t)}),
     )
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         self.libssl: str | None = None
         self.version: str | None = None
+        self.key_offsets: KeyOffsets | None = None
         self._codecs = self.maps[0].codecs()
         self._joiner = ChunkJoiner()
         self._conns = ConnTable()
@@ -120,7 +127,14 @@ class OpenSSLModule(Module):
                                   "symbols")
         self.libssl = path
         self.version = self._detect_version(path)
+        self.key_offsets = key_offsets(self.version)
         self.targets = [Target(path, self.version and f"OpenSSL {self.version}", build_id(path))]
+
+    def require_keys(self) -> None:
+        if self.key_offsets is None or ssl_version_offset(self.version) is None:
+            found = f"OpenSSL {self.version}" if self.version else "an unrecognised version"
+            raise AttachError(f"{self.libssl} is {found}, for which ecapture knows no struct "
+                              "offsets of the TLS secrets; plaintext capture still works")
 
     @staticmethod
     def _detect_version(path: str) -> str | None:
@@ -173,10 +187,14 @@ class OpenSSLModule(Module):
         offset = ssl_version_offset(self.version)
         if offset is not None:
             flags.append(f"-DSSL_VERSION_OFFSET={offset}")
+            if self.key_offsets is not None:
+                # Keys travel with every capture whose version is known, so a recording
+                # made for plaintext can still give a key log or pcap later.
+                flags += ["-DCAPTURE_KEYS=1", *self.key_offsets.cflags()]
         return flags
 
     # -- decode and dispatch ------------------------------------------------------
-    def decode(self, map_name: str, data: bytes) -> SslChunk | Conn:
+    def decode(self, map_name: str, data: bytes) -> SslChunk | Conn | MasterSecret:
         kind = split_kind(data)
         codec = self._codecs.get(kind)
         if codec is None:
@@ -184,6 +202,16 @@ class OpenSSLModule(Module):
         if len(data) < codec.size:
             raise DecodeError(f"event kind {kind} has {len(data)} bytes, needs {codec.size}")
         f = self._fields(kind, data)
+        if kind == EVENT_MASTER_SECRET:
+            return MasterSecret(
+                timestamp_ns=f["timestamp_ns"], pid=f["pid"], comm=comm_str(f["comm"]),
+                ssl=f["ssl"], version=f["version"], cipher_id=f["cipher_id"],
+                client_random=f["client_random"], master_key=f["master_key"],
+                handshake_secret=f["handshake_secret"],
+                handshake_traffic_hash=f["handshake_traffic_hash"],
+                client_app_traffic_secret=f["client_app_traffic_secret"],
+                server_app_traffic_secret=f["server_app_traffic_secret"],
+                exporter_master_secret=f["exporter_master_secret"])
         if kind == EVENT_CONN:
             family = f["family"]
             return Conn(
@@ -205,6 +233,9 @@ class OpenSSLModule(Module):
         return SslChunk(ev, f["start_ns"], f["offset"])
 
     def dispatch(self, event: Any) -> Iterable[Any]:
+        if isinstance(event, MasterSecret):
+            yield event
+            return
         if isinstance(event, Conn):
             self._conns.update(event)
             yield event

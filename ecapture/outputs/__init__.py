@@ -17,12 +17,15 @@ class Output(Protocol):
 
 
 def make_output(model: str, stream: TextIO, clock_offset_ns: int, hex: bool = False,
-                tz: dt.tzinfo | None = None) -> Output:
-    """The output of a model ("text" or "json"), for the CLI and for test replays alike."""
+                tz: dt.tzinfo | None = None, keylogfile: str | None = None) -> Output:
+    """The output of a model ("text", "json", "keylog"), for the CLI and test replays."""
     # Imported here: the models import the streams layer, which imports nothing of ours.
     from ecapture.outputs.jsonl import JsonOutput
+    from ecapture.outputs.keylog import KeylogOutput
     from ecapture.outputs.text import TextOutput
 
+    if model == "keylog":
+        return KeylogOutput(keylogfile or "ecapture_openssl_key.log")
     if model == "json":
         return JsonOutput(stream, clock_offset_ns, tz=tz)
     return TextOutput(stream, clock_offset_ns, hex=hex, tz=tz)

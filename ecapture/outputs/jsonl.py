@@ -16,6 +16,7 @@ from ecapture.events import Conn, LostNotice, SslData
 from ecapture.outputs.text import client_server, wall_time
 from ecapture.parsers.messages import HttpRequest, HttpResponse
 from ecapture.streams import FrameNotice, HttpExchange, ProtocolNotice
+from ecapture.tlskeys import MasterSecret
 
 
 def _bytes(prefix: str, data: bytes) -> dict[str, Any]:
@@ -89,6 +90,8 @@ class JsonOutput:
         return {"type": "unknown", "repr": repr(ev)}
 
     def write(self, event: Any) -> None:
+        if isinstance(event, MasterSecret):
+            return  # secrets go to the keylog model only
         self.stream.write(json.dumps(self.to_dict(event), ensure_ascii=False) + "\n")
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +47,17 @@ def replay_text(path: str | Path, hex: bool = False, tz: dt.tzinfo | None = dt.U
     """A model's output for a recording, as ``ecapture replay`` prints it; in UTC by
     default so golden files do not depend on the machine's time zone."""
     out = io.StringIO()
-    with Reader(str(path)) as reader:
+    with Reader(str(path)) as reader, tempfile.TemporaryDirectory() as tmp:
         meta = reader.metadata
         offset = int(meta.get("clock_offset_ns", 0))
-        output = make_output(model, out, offset, hex=hex, tz=tz)
+        keylog = os.path.join(tmp, "keys.log")  # the keylog model writes a file
+        output = make_output(model, out, offset, hex=hex, tz=tz, keylogfile=keylog)
         pipeline = Pipeline(bind_from_metadata(meta), [output],
                             conversations=None if raw else Conversations(reorder_window(meta)))
         for item in reader:
             pipeline.feed(item)
         pipeline.close()
+        if model == "keylog":
+            with open(keylog) as f:
+                return f.read()
     return out.getvalue()
