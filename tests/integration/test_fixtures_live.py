@@ -35,6 +35,7 @@ def save_fixture(config: pytest.Config, recording: Path | None, name: str) -> No
     target.chmod(0o644)  # a test fixture holds no secrets of anyone's
     (FIXTURES / f"{name}.expected.txt").write_text(replay_text(target))
     (FIXTURES / f"{name}.expected.jsonl").write_text(replay_text(target, model="json"))
+    (FIXTURES / f"{name}.expected.keylog").write_text(replay_text(target, model="keylog"))
 
 
 def test_curl_against_openssl_s_server(request: pytest.FixtureRequest, capture,

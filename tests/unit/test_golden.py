@@ -19,7 +19,7 @@ RECORDINGS = sorted(p for p in (ROOT / "fixtures" / "recordings").rglob("*.ecap"
                     if p.parent.name != "format")
 
 
-MODELS = {"text": ".expected.txt", "json": ".expected.jsonl"}
+MODELS = {"text": ".expected.txt", "json": ".expected.jsonl", "keylog": ".expected.keylog"}
 
 
 def test_there_are_golden_recordings() -> None:

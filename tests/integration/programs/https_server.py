@@ -80,6 +80,8 @@ def main() -> None:
     server = HTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if len(sys.argv) > 3:  # the server's own key log: ground truth for our keylog model
+        ctx.keylog_filename = sys.argv[3]
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"READY {server.server_address[1]}", flush=True)
     server.serve_forever(poll_interval=0.05)
