@@ -87,6 +87,7 @@ def test_key_events_are_recorded(capture, keyed_server) -> None:
                    capture_output=True, timeout=30)
     cap.stop()
     secrets = [e for e in replay_events(cap.record) if isinstance(e, MasterSecret)]
-    assert {s.comm for s in secrets} >= {"curl", "python3"}
+    assert "curl" in {s.comm for s in secrets}
+    assert server.pid in {s.pid for s in secrets}
     assert len({s.client_random for s in secrets}) == 1  # one connection, seen from both ends
     assert set().union(*(s.keylog_lines() for s in secrets)) >= lines(server_log)
