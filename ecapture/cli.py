@@ -24,7 +24,7 @@ from ecapture.pipeline import Pipeline, bind, bind_from_metadata, reorder_window
 from ecapture.record import Lost, Record
 from ecapture.streams import Conversations
 
-MODELS = ("text", "json", "keylog")
+MODELS = ("text", "json", "keylog", "pcap")
 DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
 DEMO = "tls/curl_http11.ecap"
 
@@ -56,6 +56,11 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
                         "keylog: TLS secrets as SSLKEYLOGFILE lines into --keylogfile")
     p.add_argument("-k", "--keylogfile", metavar="FILE", default="ecapture_openssl_key.log",
                    help="where -m keylog writes (default: ecapture_openssl_key.log)")
+    p.add_argument("-w", "--pcapfile", metavar="FILE", default="save.pcapng",
+                   help="where -m pcap writes packets and TLS secrets (default: save.pcapng)")
+    p.add_argument("filter", nargs="*", metavar="FILTER",
+                   help="-m pcap: keep only packets matching this tcpdump-like expression, "
+                        "e.g. 'tcp port 443'")
     p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
     p.add_argument("--raw", action="store_true",
                    help="one block per TLS read/write, without parsing HTTP")
@@ -64,8 +69,11 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 def make_pipeline(args: argparse.Namespace, bindings: list[Any], metadata: dict[str, Any],
                   accept: Any = None) -> Pipeline:
     """The same outputs and stages for live capture and replay."""
+    ifname = getattr(args, "ifname", None) or next(
+        (m.get("options", {}).get("ifname") for m in metadata.get("modules", [])), None)
     output = make_output(args.model, sys.stdout, int(metadata.get("clock_offset_ns", 0)),
-                         hex=args.hex, keylogfile=args.keylogfile)
+                         hex=args.hex, keylogfile=args.keylogfile, pcapfile=args.pcapfile,
+                         ifname=ifname, pcap_filter=" ".join(args.filter))
     conversations = None if args.raw else Conversations(reorder_window(metadata))
     return Pipeline(bindings, [output], accept=accept, conversations=conversations)
 
@@ -119,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives positionals split by options (FILE -m pcap tcp port 443) to the first
+    # positional only: the words left over are the rest of the packet filter.
+    if extra:
+        if not hasattr(args, "filter") or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.filter = [*args.filter, *extra]
     try:
         return int(args.run(args))
     except EcaptureError as e:
@@ -142,7 +157,8 @@ def _run_live(args: argparse.Namespace) -> int:
     from ecapture.record.writer import Writer
 
     module_cls: type[Module] = args.module_cls
-    module = module_cls({o.dest: getattr(args, o.dest) for o in module_cls.options})
+    module = module_cls({**{o.dest: getattr(args, o.dest) for o in module_cls.options},
+                         "capture_packets": args.model == "pcap"})
     bindings = bind([module])
     items: list[Record | Lost] = []
     session = LiveSession(module, bindings, items.append, force_perf=args.perf_buffer,
@@ -150,7 +166,7 @@ def _run_live(args: argparse.Namespace) -> int:
     if args.dump_ebpf:
         return _dump_ebpf(session)
     session.init()
-    if args.model == "keylog":
+    if args.model in ("keylog", "pcap"):
         module.require_keys()
 
     def on_signal(signum: int, _frame: Any) -> None:

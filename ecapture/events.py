@@ -95,6 +95,17 @@ class SslData:
 
 
 @dataclass(frozen=True, slots=True)
+class Packet:
+    """A packet the TC classifier saw, as it was on the wire (pcap model)."""
+
+    timestamp_ns: int
+    ifindex: int
+    direction: Literal["ingress", "egress"]
+    length: int  # on the wire; len(data) is smaller only for packets over 64 KiB
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LostNotice:
     """The kernel dropped ``count`` events of one map (buffer full)."""
 
@@ -104,4 +115,4 @@ class LostNotice:
     count: int
 
 
-Event = Conn | SslData | LostNotice
+Event = Conn | SslData | Packet | LostNotice

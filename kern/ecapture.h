@@ -19,6 +19,7 @@ enum ecap_event_kind {
     ECAP_EVENT_SSL_DATA = 1,
     ECAP_EVENT_CONN = 2,
     ECAP_EVENT_MASTER_SECRET = 3,
+    ECAP_EVENT_PACKET = 4,
 };
 
 #endif

@@ -16,6 +16,7 @@
 #include <linux/socket.h>
 #include <linux/in.h>
 #include <linux/in6.h>
+#include <uapi/linux/pkt_cls.h>
 #include "openssl.h"
 
 #ifndef USE_RINGBUF
@@ -489,3 +490,30 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter((u64)args->up
 TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return accept_enter((u64)args->upeer_sockaddr); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args, args->ret); }
+
+/* ---- packets (pcap model) -------------------------------------------------------------
+ * A TC classifier on clsact: it copies the packet out and always returns TC_ACT_OK, so it
+ * never drops or alters traffic. Packets need the skb as the output context, which only
+ * perf event arrays offer, so this map is a perf buffer on every kernel. */
+#ifndef MAX_PACKET_SIZE
+#define MAX_PACKET_SIZE 65535
+#endif
+BPF_PERF_OUTPUT(packets);
+
+static __always_inline int tc_capture(struct __sk_buff *skb, u32 direction) {
+    struct packet_event_t ev = {};
+    ev.kind = ECAP_EVENT_PACKET;
+    ev.ifindex = skb->ifindex;
+    ev.timestamp_ns = bpf_ktime_get_ns();
+    ev.len = skb->len;
+    u32 caplen = skb->len;
+    if (caplen > MAX_PACKET_SIZE)
+        caplen = MAX_PACKET_SIZE;
+    ev.caplen = caplen;
+    ev.direction = direction;
+    packets.perf_submit_skb(skb, caplen, &ev, sizeof(ev));
+    return TC_ACT_OK;
+}
+
+int tc_ingress(struct __sk_buff *skb) { return tc_capture(skb, 0); }
+int tc_egress(struct __sk_buff *skb) { return tc_capture(skb, 1); }

@@ -94,4 +94,16 @@ struct master_secret_event_t {
     char comm[ECAP_COMM_LEN];
 };
 
+/* A packet seen by the TC classifier (pcap model). The packet's first caplen bytes follow
+ * this header in the perf sample (bpf_perf_event_output with the skb as context). */
+struct packet_event_t {
+    __u32 kind;         /* ECAP_EVENT_PACKET */
+    __u32 ifindex;
+    __u64 timestamp_ns;
+    __u32 len;          /* skb->len */
+    __u32 caplen;       /* bytes that follow */
+    __u32 direction;    /* 0 ingress, 1 egress */
+    __u32 reserved;
+};
+
 #endif

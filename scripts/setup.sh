@@ -13,9 +13,10 @@ else
     arch=$(dpkg --print-architecture)
     release=$(uname -r)
     # bcc and its tools; headers; the real programs the live tests drive (curl, openssl,
-    # nghttp2's server and client for HTTP/2) and jq, which checks the json model.
+    # nghttp2's server and client for HTTP/2); jq, which checks the json model; tshark,
+    # which decrypts the pcap model's files.
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
-          nghttp2-server nghttp2-client jq ca-certificates python3-venv)
+          nghttp2-server nghttp2-client jq tshark ca-certificates python3-venv)
     missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

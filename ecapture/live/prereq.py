@@ -62,3 +62,11 @@ def check_tracepoint(root: str, name: str) -> None:
 def has_ringbuf() -> bool:
     """BPF ring buffers arrived in Linux 5.8; older kernels get perf buffers."""
     return kernel_version() >= (5, 8)
+
+
+def check_tc() -> None:
+    """TC classifiers are attached through netlink with pyroute2."""
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        raise PrerequisiteError("-m pcap needs pyroute2: pip install pyroute2") from None

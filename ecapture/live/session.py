@@ -18,6 +18,7 @@ from ecapture import procnet
 from ecapture.errors import AttachError
 from ecapture.live import prereq
 from ecapture.live.bccload import load_bcc
+from ecapture.live.tc import TcAttachments
 from ecapture.modules.base import Features, Module, Probe
 from ecapture.pipeline import Binding
 from ecapture.record import Lost, Record
@@ -55,6 +56,9 @@ class LiveSession:
         self._stopping = False
         self._callbacks: list[Any] = []  # keep ctypes callbacks alive
         self._tracefs = ""
+        self._tc = TcAttachments()
+        self._has_ring = False
+        self._has_perf = False
 
     # -- lifecycle ------------------------------------------------------------------
     def init(self) -> None:
@@ -69,6 +73,8 @@ class LiveSession:
         for probe in self.module.probes():
             if probe.kind == "tracepoint":
                 prereq.check_tracepoint(self._tracefs, probe.target)
+            elif probe.kind == "tc":
+                prereq.check_tc()
 
     def cflags(self) -> list[str]:
         flags = [f"-I{kern_dir()}", *self.module.cflags(self.features)]
@@ -91,6 +97,12 @@ class LiveSession:
 
     def _attach(self) -> None:
         for probe in self.module.probes():
+            if probe.kind == "tc":
+                ifname, hook = probe.target.split(":")
+                fn = self.bpf.load_func(probe.fn.encode(), self._bcc.BPF.SCHED_CLS)
+                self._tc.attach(ifname, hook, fn.fd, probe.fn)
+                self.attached.append(probe)
+                continue
             if probe.kind == "tracepoint":
                 # bcc attaches TRACEPOINT_PROBE functions itself when it loads the program.
                 if probe.target.encode() not in self.bpf.tracepoint_fds:
@@ -117,7 +129,9 @@ class LiveSession:
         for binding in self.bindings:
             table = self.bpf[binding.map.name]
             map_id = binding.map_id
-            if self.features.ringbuf:
+            if self.features.ringbuf and binding.map.buffer == "auto":
+                self._has_ring = True
+
                 def on_ring(_ctx: Any, data: Any, size: int, map_id: int = map_id) -> None:
                     self._pending.append(Record(map_id, RINGBUF_CPU, time.monotonic_ns(),
                                                 ctypes.string_at(data, size)))
@@ -131,13 +145,16 @@ class LiveSession:
                 def on_lost(count: int, map_id: int = map_id) -> None:
                     self._pending.append(Lost(map_id, RINGBUF_CPU, time.monotonic_ns(), count))
                 table.open_perf_buffer(on_perf, page_cnt=self.perf_pages, lost_cb=on_lost)
+                self._has_perf = True
                 self._callbacks.extend([on_perf, on_lost])
 
     def poll_once(self, timeout_ms: int = POLL_MS) -> int:
         """Wait for events up to timeout_ms, hand them to the sink; returns how many."""
-        if self.features.ringbuf:
+        if self._has_ring:
             self.bpf.ring_buffer_poll(timeout_ms)
             self._account_ringbuf_drops()
+            if self._has_perf:  # packets: a perf buffer beside the ring buffer
+                self.bpf.perf_buffer_poll(0)
         else:
             self.bpf.perf_buffer_poll(timeout_ms)
         batch, self._pending = self._pending, []
@@ -181,6 +198,7 @@ class LiveSession:
                 pass
 
     def close(self) -> None:
+        self._tc.detach_all()
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             bpf.cleanup()

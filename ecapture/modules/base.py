@@ -51,8 +51,8 @@ class Probe:
     ``fn`` is the eBPF function. Optional probes are skipped when the symbol is missing
     (e.g. SSL_read_ex before OpenSSL 1.1.1)."""
 
-    kind: Literal["uprobe", "uretprobe", "tracepoint"]
-    target: str
+    kind: Literal["uprobe", "uretprobe", "tracepoint", "tc"]
+    target: str  # for tc: "IFNAME:ingress" or "IFNAME:egress"
     fn: str
     library: str | None = None  # resolved path, for uprobes
     optional: bool = False
@@ -67,6 +67,7 @@ class EventMap:
 
     name: str
     structs: Mapping[int, tuple[str, cs.Struct]]
+    buffer: Literal["auto", "perf"] = "auto"  # perf: needs a perf buffer on every kernel
 
     def fingerprints(self) -> dict[str, str]:
         return {name: fingerprint(name, decl) for name, decl in self.structs.values()}

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ecapture.assemble import ChunkJoiner, ConnTable, SslChunk
 from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import Conn, SslData, addr_str, comm_str
+from ecapture.events import Conn, Packet, SslData, addr_str, comm_str
 from ecapture.modules.base import (
     EventMap,
     Features,
@@ -30,10 +30,12 @@ from ecapture.modules.openssl_offsets import KeyOffsets, key_offsets
 from ecapture.structs.openssl import (
     EVENT_CONN,
     EVENT_MASTER_SECRET,
+    EVENT_PACKET,
     EVENT_SSL_DATA,
     SSL_CHUNK_SIZE,
     conn_event_t,
     master_secret_event_t,
+    packet_event_t,
     ssl_data_event_t,
 )
 from ecapture.targets import build_id, elf_symbols, find_library, needed_libraries, scan_version
@@ -86,12 +88,15 @@ class OpenSSLModule(Module):
                type=non_negative_int, metavar="PID"),
         Option(("-u", "--uid"), "uid", "capture only this user id",
                type=non_negative_int, metavar="UID"),
+        Option(("-i", "--ifname"), "ifname", "network interface whose packets -m pcap "
+               "captures (a TC classifier that only watches)", metavar="IFACE"),
     )
     maps = (
         EventMap("events", {EVENT_SSL_DATA: ("ssl_data_event_t", ssl_data_event_t),
                             EVENT_CONN: ("conn_event_t", conn_event_t),
                             EVENT_MASTER_SECRET: ("master_secret_event_t",
                                                   master_secret_event_t)}),
+        EventMap("packets", {EVENT_PACKET: ("packet_event_t", packet_event_t)}, buffer="perf"),
     )
 
     def __init__(self, config: dict[str, Any]):
@@ -99,12 +104,18 @@ class OpenSSLModule(Module):
         self.libssl: str | None = None
         self.version: str | None = None
         self.key_offsets: KeyOffsets | None = None
-        self._codecs = self.maps[0].codecs()
+        self._codecs = {k: c for m in self.maps for k, c in m.codecs().items()}
         self._joiner = ChunkJoiner()
         self._conns = ConnTable()
         self._seen_fds: set[tuple[int, int]] = set()  # for backfill, live only
 
     def check(self) -> None:
+        if self.config.get("capture_packets"):
+            ifname = self.config.get("ifname")
+            if not ifname:
+                raise ConfigError("-m pcap needs -i IFACE, the interface to capture on")
+            if not os.path.exists(f"/sys/class/net/{ifname}"):
+                raise ConfigError(f"-i {ifname}: no such network interface")
         pid = self.config.get("pid")
         if pid is not None and not os.path.exists(f"/proc/{pid}"):
             raise ConfigError(f"--pid {pid}: no such process")
@@ -174,8 +185,14 @@ class OpenSSLModule(Module):
             "syscalls:sys_exit_accept", "syscalls:sys_exit_accept4",
             "sock:inet_sock_set_state",
         ]
-        return ups + [Probe("tracepoint", tp, "tracepoint__" + tp.replace(":", "__"))
-                      for tp in tps]
+        probes = ups + [Probe("tracepoint", tp, "tracepoint__" + tp.replace(":", "__"))
+                        for tp in tps]
+        ifname = self.config.get("ifname")
+        if self.config.get("capture_packets") and ifname:
+            # On loopback every packet leaves once and arrives once: egress sees each once.
+            hooks = ("egress",) if ifname == "lo" else ("ingress", "egress")
+            probes += [Probe("tc", f"{ifname}:{hook}", f"tc_{hook}") for hook in hooks]
+        return probes
 
     def cflags(self, features: Features) -> list[str]:
         flags = [f"-DSSL_CHUNK_SIZE={SSL_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}",
@@ -194,7 +211,7 @@ class OpenSSLModule(Module):
         return flags
 
     # -- decode and dispatch ------------------------------------------------------
-    def decode(self, map_name: str, data: bytes) -> SslChunk | Conn | MasterSecret:
+    def decode(self, map_name: str, data: bytes) -> SslChunk | Conn | MasterSecret | Packet:
         kind = split_kind(data)
         codec = self._codecs.get(kind)
         if codec is None:
@@ -202,6 +219,14 @@ class OpenSSLModule(Module):
         if len(data) < codec.size:
             raise DecodeError(f"event kind {kind} has {len(data)} bytes, needs {codec.size}")
         f = self._fields(kind, data)
+        if kind == EVENT_PACKET:
+            end = codec.size + f["caplen"]
+            if end > len(data):
+                raise DecodeError(f"packet_event_t claims {f['caplen']} bytes, "
+                                  f"{len(data) - codec.size} present")
+            return Packet(timestamp_ns=f["timestamp_ns"], ifindex=f["ifindex"],
+                          direction="egress" if f["direction"] else "ingress",
+                          length=f["len"], data=data[codec.size:end])
         if kind == EVENT_MASTER_SECRET:
             return MasterSecret(
                 timestamp_ns=f["timestamp_ns"], pid=f["pid"], comm=comm_str(f["comm"]),
@@ -233,7 +258,7 @@ class OpenSSLModule(Module):
         return SslChunk(ev, f["start_ns"], f["offset"])
 
     def dispatch(self, event: Any) -> Iterable[Any]:
-        if isinstance(event, MasterSecret):
+        if isinstance(event, MasterSecret | Packet):
             yield event
             return
         if isinstance(event, Conn):

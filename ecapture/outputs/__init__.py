@@ -17,8 +17,11 @@ class Output(Protocol):
 
 
 def make_output(model: str, stream: TextIO, clock_offset_ns: int, hex: bool = False,
-                tz: dt.tzinfo | None = None, keylogfile: str | None = None) -> Output:
-    """The output of a model ("text", "json", "keylog"), for the CLI and test replays."""
+                tz: dt.tzinfo | None = None, keylogfile: str | None = None,
+                pcapfile: str | None = None, ifname: str | None = None,
+                pcap_filter: str | None = None) -> Output:
+    """The output of a model ("text", "json", "keylog", "pcap"), for the CLI and test
+    replays."""
     # Imported here: the models import the streams layer, which imports nothing of ours.
     from ecapture.outputs.jsonl import JsonOutput
     from ecapture.outputs.keylog import KeylogOutput
@@ -26,6 +29,10 @@ def make_output(model: str, stream: TextIO, clock_offset_ns: int, hex: bool = Fa
 
     if model == "keylog":
         return KeylogOutput(keylogfile or "ecapture_openssl_key.log")
+    if model == "pcap":
+        from ecapture.outputs.pcap import PcapOutput
+
+        return PcapOutput(pcapfile or "save.pcapng", clock_offset_ns, ifname, pcap_filter)
     if model == "json":
         return JsonOutput(stream, clock_offset_ns, tz=tz)
     return TextOutput(stream, clock_offset_ns, hex=hex, tz=tz)

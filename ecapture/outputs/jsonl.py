@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from typing import Any, TextIO
 
-from ecapture.events import Conn, LostNotice, SslData
+from ecapture.events import Conn, LostNotice, Packet, SslData
 from ecapture.outputs.text import client_server, wall_time
 from ecapture.parsers.messages import HttpRequest, HttpResponse
 from ecapture.streams import FrameNotice, HttpExchange, ProtocolNotice
@@ -90,8 +90,8 @@ class JsonOutput:
         return {"type": "unknown", "repr": repr(ev)}
 
     def write(self, event: Any) -> None:
-        if isinstance(event, MasterSecret):
-            return  # secrets go to the keylog model only
+        if isinstance(event, MasterSecret | Packet):
+            return  # secrets and packets go to the keylog and pcap models only
         self.stream.write(json.dumps(self.to_dict(event), ensure_ascii=False) + "\n")
 
     def close(self) -> None:

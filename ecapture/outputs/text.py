@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from typing import Any, TextIO
 
-from ecapture.events import Conn, LostNotice, SslData
+from ecapture.events import Conn, LostNotice, Packet, SslData
 from ecapture.parsers.messages import HttpRequest, HttpResponse
 from ecapture.streams import FrameNotice, HttpExchange, ProtocolNotice
 from ecapture.tlskeys import MasterSecret
@@ -78,8 +78,8 @@ def format_event(event: Any, clock_offset_ns: int, hex: bool = False,
         flags = f" [{','.join(f.flags)}]" if f.flags else ""
         return (f"{when}  {event.comm} pid {event.pid}  HTTP/2 {f.type} from {f.side}, "
                 f"stream {f.stream_id}{flags}{extra}\n")
-    if isinstance(event, MasterSecret):
-        return ""  # secrets go to the keylog model only
+    if isinstance(event, MasterSecret | Packet):
+        return ""  # secrets and packets go to the keylog and pcap models only
     if isinstance(event, LostNotice):
         when = wall_time(event.recv_ns, clock_offset_ns, tz)
         return f"{when}  LOST {event.count} events on {event.module}/{event.map_name}\n"

@@ -30,6 +30,11 @@ C declarations (kern/openssl.h)::
         __u8 exporter_master_secret[64];
         char comm[16];
     };
+
+    struct packet_event_t {
+        __u32 kind; __u32 ifindex; __u64 timestamp_ns;
+        __u32 len; __u32 caplen; __u32 direction; __u32 reserved;
+    };  // followed by caplen packet bytes
 """
 
 import construct as cs
@@ -37,6 +42,7 @@ import construct as cs
 EVENT_SSL_DATA = 1
 EVENT_CONN = 2
 EVENT_MASTER_SECRET = 3
+EVENT_PACKET = 4
 SSL_CHUNK_SIZE = 16384
 
 ssl_data_event_t = cs.Struct(
@@ -95,6 +101,17 @@ master_secret_event_t = cs.Struct(
     "comm" / cs.Bytes(16),
 )
 
+# The packet's caplen bytes follow this header in the sample (not part of the C struct).
+packet_event_t = cs.Struct(
+    "kind" / cs.Int32ul,
+    "ifindex" / cs.Int32ul,
+    "timestamp_ns" / cs.Int64ul,
+    "len" / cs.Int32ul,
+    "caplen" / cs.Int32ul,
+    "direction" / cs.Int32ul,
+    "reserved" / cs.Int32ul,
+)
+
 # name -> declaration, for layout tests, fingerprints and strategies
 STRUCTS = {"ssl_data_event_t": ssl_data_event_t, "conn_event_t": conn_event_t,
-           "master_secret_event_t": master_secret_event_t}
+           "master_secret_event_t": master_secret_event_t, "packet_event_t": packet_event_t}

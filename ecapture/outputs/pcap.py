@@ -1,0 +1,73 @@
+"""The pcap model: packets and TLS secrets into one pcapng file that Wireshark and tshark
+decrypt with nothing else to configure.
+
+Secrets must come before the packets they decrypt, but a connection's secrets are read at
+its first application-data call, just after its handshake packets went by. So packets are
+held back for HOLD_NS of event time while secrets are written at once, in Decryption
+Secrets Blocks that then precede the packets they unlock. Held packets are written in
+timestamp order: perf buffers are per CPU and deliver them interleaved, and TCP
+reassembly in Wireshark needs them in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ecapture.errors import RecordWriteError
+from ecapture.events import Packet
+from ecapture.outputs.pcapng import PcapngWriter
+from ecapture.packetfilter import compile_filter
+from ecapture.tlskeys import MasterSecret
+
+HOLD_NS = 2_000_000_000
+LINKTYPE_ETHERNET = 1  # loopback too: Linux gives lo frames an all-zero Ethernet header
+
+
+class PcapOutput:
+    def __init__(self, path: str, clock_offset_ns: int, ifname: str | None,
+                 filter_expr: str | None = None):
+        self.path = path
+        self.clock_offset_ns = clock_offset_ns
+        self.accept: Callable[[bytes], bool] = compile_filter(filter_expr or "")
+        self.packets = 0
+        try:
+            # It holds TLS secrets: readable by the owner only, like recordings.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+        except OSError as e:
+            raise RecordWriteError(f"cannot create {path}: {e.strerror}") from None
+        self._file = os.fdopen(fd, "wb")
+        self._writer = PcapngWriter(self._file, [(ifname or "any", LINKTYPE_ETHERNET)])
+        self._held: list[tuple[int, int, Packet]] = []  # heap by timestamp
+        self._seq = itertools.count()
+
+    def write(self, event: Any) -> None:
+        if isinstance(event, MasterSecret):
+            self._writer.add_secrets(event.keylog_lines())
+            self._writer.flush()
+        elif isinstance(event, Packet):
+            if not self.accept(event.data):
+                return
+            heapq.heappush(self._held, (event.timestamp_ns, next(self._seq), event))
+            self._release(event.timestamp_ns - HOLD_NS)
+
+    def _release(self, upto: int) -> None:
+        wrote = False
+        while self._held and self._held[0][0] <= upto:
+            packet = heapq.heappop(self._held)[2]
+            self._writer.add_packet(0, packet.timestamp_ns + self.clock_offset_ns, packet.data,
+                                    packet.length)
+            self.packets += 1
+            wrote = True
+        if wrote:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._release(float("inf"))  # type: ignore[arg-type]
+        self._file.close()
