@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ecapture.errors import RecordWriteError
+from ecapture.privatefile import open_private
 from ecapture.tlskeys import MasterSecret
 
 
@@ -15,13 +15,7 @@ class KeylogOutput:
         self.path = path
         self.lines = 0
         self._seen: set[str] = set()
-        try:
-            # Secrets: readable by the owner only, like recordings.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)
-        except OSError as e:
-            raise RecordWriteError(f"cannot create key log {path}: {e.strerror}") from None
-        self._file = os.fdopen(fd, "w", encoding="ascii")
+        self._file = os.fdopen(open_private(path, "key log"), "w", encoding="ascii")
 
     def write(self, event: Any) -> None:
         if not isinstance(event, MasterSecret):

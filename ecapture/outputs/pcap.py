@@ -17,10 +17,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ecapture.errors import RecordWriteError
 from ecapture.events import Packet
 from ecapture.outputs.pcapng import PcapngWriter
 from ecapture.packetfilter import compile_filter
+from ecapture.privatefile import open_private
 from ecapture.tlskeys import MasterSecret
 
 HOLD_NS = 2_000_000_000
@@ -34,13 +34,8 @@ class PcapOutput:
         self.clock_offset_ns = clock_offset_ns
         self.accept: Callable[[bytes], bool] = compile_filter(filter_expr or "")
         self.packets = 0
-        try:
-            # It holds TLS secrets: readable by the owner only, like recordings.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)
-        except OSError as e:
-            raise RecordWriteError(f"cannot create {path}: {e.strerror}") from None
-        self._file = os.fdopen(fd, "wb")
+        # It holds TLS secrets: readable by the owner only, like recordings.
+        self._file = os.fdopen(open_private(path, "pcapng file"), "wb")
         self._writer = PcapngWriter(self._file, [(ifname or "any", LINKTYPE_ETHERNET)])
         self._held: list[tuple[int, int, Packet]] = []  # heap by timestamp
         self._seq = itertools.count()

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from ecapture.errors import RecordWriteError
+from ecapture.privatefile import open_private
 from ecapture.record import Lost, Record
 from ecapture.record.format import LOST_CODEC, FrameKind, encode_frame, encode_header
 
@@ -49,17 +50,7 @@ class Writer:
         # Serialize first: unserializable metadata must not leave an empty file behind.
         meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False).encode()
         header = encode_header(meta)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self._fd = os.open(self.path, flags, 0o600)
-        except OSError as e:
-            raise RecordWriteError(f"cannot create recording {self.path}: {_why(e)}") from e
-        try:
-            # The mode argument only applies to new files; an existing one keeps its mode.
-            os.fchmod(self._fd, 0o600)
-        except OSError as e:
-            os.close(self._fd)
-            raise RecordWriteError(f"cannot restrict {self.path} to mode 0600: {_why(e)}") from e
+        self._fd = open_private(self.path, "recording")
         self._buf += header
         self.flush()
 
