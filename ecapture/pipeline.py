@@ -130,10 +130,15 @@ class Pipeline:
             output.write(event)
 
     def tick(self, now_ns: int) -> None:
-        """Live only: let conversations release events held for reordering."""
+        """Live only: at kernel time now_ns, let conversations and outputs release what
+        they hold back for ordering, even when no new event moves time on."""
         if self.conversations is not None:
             for out in self.conversations.tick(now_ns):
                 self._output(out)
+        for output in self.outputs:
+            tick = getattr(output, "tick", None)
+            if tick is not None:
+                tick(now_ns)
 
     def close(self) -> None:
         seen: set[int] = set()

@@ -50,6 +50,10 @@ class PcapOutput:
             heapq.heappush(self._held, (event.timestamp_ns, next(self._seq), event))
             self._release(event.timestamp_ns - HOLD_NS)
 
+    def tick(self, now_ns: int) -> None:
+        """Live: write packets older than the hold window even if no newer packet came."""
+        self._release(now_ns - HOLD_NS)
+
     def _release(self, upto: int) -> None:
         wrote = False
         while self._held and self._held[0][0] <= upto:

@@ -194,3 +194,40 @@ def test_wireshark_reads_it(tmp_path: Path) -> None:
     for (epoch, sport), (ts, want_sport, _) in zip(rows, PACKETS, strict=True):
         assert Decimal(epoch) * 1_000_000_000 == ts
         assert int(sport) == want_sport
+
+
+def test_pcap_model_orders_packets_and_puts_secrets_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Secrets read after a handshake must still precede its packets; packets delivered
+    out of order by per-CPU buffers come out in timestamp order; tick() releases old ones."""
+    from ecapture.events import Packet
+    from ecapture.outputs.pcap import HOLD_NS, PcapOutput
+    from ecapture.tlskeys import MasterSecret
+
+    def packet(ts: int, sport: int) -> Packet:
+        frame = ipv4_tcp_frame(sport, 443, b"x")
+        return Packet(timestamp_ns=ts, ifindex=1, direction="egress", length=len(frame),
+                      data=frame)
+
+    keys = MasterSecret(timestamp_ns=50, pid=1, comm="c", ssl=1, version=0x0303, cipher_id=0,
+                        client_random=b"\x01" * 32, master_key=b"\x02" * 48,
+                        handshake_secret=bytes(64), handshake_traffic_hash=bytes(64),
+                        client_app_traffic_secret=bytes(64),
+                        server_app_traffic_secret=bytes(64), exporter_master_secret=bytes(64))
+    path = tmp_path / "out.pcapng"
+    out = PcapOutput(str(path), clock_offset_ns=1_000, ifname="lo", filter_expr="port 443")
+    for ev in (packet(30, 1003), packet(10, 1001), packet(20, 1002), keys):
+        out.write(ev)
+    out.tick(20 + HOLD_NS)  # releases the packets at 10 and 20, not the one at 30
+    assert out.packets == 2
+    out.write(packet(40, 1004))
+    out.write(Packet(timestamp_ns=41, ifindex=1, direction="egress", length=60,
+                     data=ipv4_tcp_frame(1005, 80, b"y")))  # filtered out: port 80
+    out.close()
+    blocks = read_blocks(path.read_bytes())
+    kinds = [b.type for b in blocks]
+    assert kinds[:2] == [0x0A0D0D0A, 0x00000001]  # section header, interface
+    assert kinds[2] == 0x0000000A  # the secrets, ahead of every packet
+    epbs = [b for b in blocks if b.type == 0x00000006]
+    stamps = [int.from_bytes(b.body[4:8], "little") << 32 | int.from_bytes(b.body[8:12], "little")
+              for b in epbs]
+    assert stamps == [1_010, 1_020, 1_030, 1_040]  # wall clock, in order
