@@ -7,7 +7,6 @@ records what it finds as an ordinary connection event, so replay needs no /proc.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -69,10 +68,3 @@ def lookup(pid: int, fd: int) -> SocketTuple | None:
             return found
     return None
 
-
-def describe(t: SocketTuple) -> str:
-    """For debugging: 'laddr:lport -> raddr:rport'."""
-    size = 4 if t.family == AF_INET else 16
-    la = ipaddress.ip_address(t.laddr[:size])
-    ra = ipaddress.ip_address(t.raddr[:size])
-    return f"{la}:{t.lport} -> {ra}:{t.rport}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import construct as cs
@@ -93,7 +93,6 @@ class Features:
     """What the running kernel offers, decided by the live layer."""
 
     ringbuf: bool = True
-    extra_cflags: list[str] = field(default_factory=list)
 
 
 class Module:

@@ -4,7 +4,6 @@ length field states."""
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import construct as cs
@@ -51,11 +50,3 @@ def struct_values(decl: cs.Struct, max_tail: int = 256,
 
     return build()
 
-
-def pack_check(decl: cs.Struct, values: dict[str, Any]) -> bytes:
-    """Build with construct; sanity-check the result with the stdlib struct module."""
-    data = bytes(decl.build(values))
-    first = _unwrap(decl.subcons[0])
-    if isinstance(first, cs.FormatField):
-        struct.unpack_from(first.fmtstr, data)
-    return data
