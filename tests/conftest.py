@@ -1,10 +1,11 @@
-"""Shared pytest set-up: hypothesis profiles and the golden/fixture regeneration flags."""
+"""Shared pytest set-up: hypothesis profiles. The --update-golden and --regen-fixtures flags,
+the markers and the recording/golden/live_capture fixtures come from the ecapture pytest
+plugin (ecapture/testing/plugin.py), which the package installs."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=50)
@@ -13,10 +14,3 @@ settings.register_profile("ci", max_examples=200, deadline=None,
 settings.register_profile("fuzz", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true",
-                     help="rewrite expected outputs beside the recordings from the recordings")
-    parser.addoption("--regen-fixtures", action="store_true",
-                     help="live tests that produce fixture recordings save them into "
-                          "fixtures/recordings and rewrite their expected outputs")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -56,25 +55,7 @@ def _wait_port(port: int, timeout: float = 10) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-@dataclass
-class Capture:
-    proc: subprocess.Popen[bytes]
-    out_path: Path
-    err_path: Path
-    record: Path | None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> str:
-        # Let the last events arrive: the poll loop runs every 100 ms.
-        time.sleep(0.5)
-        self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
-        err = self.err_path.read_text()
-        assert rc == 0, f"ecapture exited {rc}: {err}"
-        return self.out_path.read_text()
-
-
-def ecapture_cmd() -> list[str]:
-    return [sys.executable, "-m", "ecapture"]
+from ecapture.testing.plugin import ecapture_cmd  # noqa: E402  (re-exported for the tests)
 
 
 def run_client(port: int, *args: str) -> list[dict[str, object]]:

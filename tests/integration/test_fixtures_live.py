@@ -1,44 +1,34 @@
 """Live scenarios whose recordings are the unit tier's golden fixtures.
 
 Each test captures a real workload and checks it. With ``--regen-fixtures`` it also saves
-the recording into fixtures/recordings/tls/ and rewrites the expected text beside it from
-a replay: that is the only way fixtures are made, never by hand.
+the recording into fixtures/recordings/tls/ and rewrites the expected outputs beside it from
+a replay (the plugin's ``LiveCapture.save_fixture``): that is the only way fixtures are
+made, never by hand.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server, _free_port, _wait_port, nghttpd, run_client
+from live_helpers import PROGRAMS, Server, _free_port, _wait_port, nghttpd, run_client
 
 from ecapture.events import SslData
 from ecapture.streams import HttpExchange
-from ecapture.testing.replay import replay_events, replay_text
+from ecapture.testing.replay import replay_events
 
 sys.path.insert(0, str(PROGRAMS))
 from https_client import pattern  # noqa: E402
 
-FIXTURES = ROOT / "fixtures" / "recordings" / "tls"
+pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
+
+# Every TLS fixture also has an expected key log: the recordings carry the keys.
+MODELS = ("text", "json", "keylog")
 
 
-def save_fixture(config: pytest.Config, recording: Path | None, name: str) -> None:
-    if not config.getoption("--regen-fixtures"):
-        return
-    assert recording is not None
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    target = FIXTURES / f"{name}.ecap"
-    shutil.copyfile(recording, target)
-    target.chmod(0o644)  # a test fixture holds no secrets of anyone's
-    (FIXTURES / f"{name}.expected.txt").write_text(replay_text(target))
-    (FIXTURES / f"{name}.expected.jsonl").write_text(replay_text(target, model="json"))
-    (FIXTURES / f"{name}.expected.keylog").write_text(replay_text(target, model="keylog"))
-
-
-def test_curl_against_openssl_s_server(request: pytest.FixtureRequest, capture,
+def test_curl_against_openssl_s_server(capture,
                                        s_server: int) -> None:
     cap = capture()
     out = subprocess.run(["curl", "-sk", "--http1.1", f"https://127.0.0.1:{s_server}/"],
@@ -52,10 +42,10 @@ def test_curl_against_openssl_s_server(request: pytest.FixtureRequest, capture,
     assert received.endswith(out)  # the body curl printed, after the headers
     assert received.startswith(b"HTTP/1.0 200 ok")
     assert all(e.conn is not None and e.conn.remote == f"127.0.0.1:{s_server}" for e in curl)
-    save_fixture(request.config, cap.record, "curl_http11")
+    cap.save_fixture("tls/curl_http11", MODELS)
 
 
-def test_python_client_uploads_one_mib(request: pytest.FixtureRequest, capture,
+def test_python_client_uploads_one_mib(capture,
                                        https_server: Server) -> None:
     size = 1 << 20
     cap = capture()
@@ -63,10 +53,10 @@ def test_python_client_uploads_one_mib(request: pytest.FixtureRequest, capture,
     cap.stop()
     events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
     assert sum(1 for e in events if e.data == pattern(size)) == 1
-    save_fixture(request.config, cap.record, "python_upload_1mib")
+    cap.save_fixture("tls/python_upload_1mib", MODELS)
 
 
-def test_curl_http2_against_nghttpd(request: pytest.FixtureRequest, capture, cert,
+def test_curl_http2_against_nghttpd(capture, cert,
                                     tmp_path: Path) -> None:
     docroot = tmp_path / "docroot"
     docroot.mkdir()
@@ -88,10 +78,10 @@ def test_curl_http2_against_nghttpd(request: pytest.FixtureRequest, capture, cer
            and e.comm == "curl"]
     assert [e.request.path for e in got if e.request] == ["/index.html", "/a.txt", "/b.txt"]
     assert all(e.response is not None and e.response.status == 200 for e in got)
-    save_fixture(request.config, cap.record, "curl_http2")
+    cap.save_fixture("tls/curl_http2", MODELS)
 
 
-def test_python_keepalive_http11(request: pytest.FixtureRequest, capture,
+def test_python_keepalive_http11(capture,
                                  https_server: Server) -> None:
     cap = capture()
     run_client(https_server.port, "session", "/plain", "/chunked", "/gzip")
@@ -99,4 +89,4 @@ def test_python_keepalive_http11(request: pytest.FixtureRequest, capture,
     got = [e for e in replay_events(cap.record, parsed=True) if isinstance(e, HttpExchange)
            and e.pid != https_server.pid]
     assert [e.request.path for e in got if e.request] == ["/plain", "/chunked", "/gzip"]
-    save_fixture(request.config, cap.record, "python_keepalive")
+    cap.save_fixture("tls/python_keepalive", MODELS)

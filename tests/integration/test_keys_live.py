@@ -17,6 +17,8 @@ from live_helpers import PROGRAMS, ROOT, Server
 from ecapture.testing.replay import replay_events
 from ecapture.tlskeys import MasterSecret
 
+pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
+
 
 @pytest.fixture
 def keyed_server(cert: tuple[str, str], tmp_path: Path) -> Iterator[tuple[Server, Path]]:

@@ -9,7 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from live_helpers import ROOT, unprivileged_python
+
+pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
 
 
 def ecap(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from live_helpers import ROOT, Server, _free_port, _wait_port, nghttpd, run_client
 
+pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
+
 PRIME = 23
 
 

@@ -23,6 +23,8 @@ from ecapture.testing.replay import replay_events
 sys.path.insert(0, str(PROGRAMS))
 from https_client import pattern  # noqa: E402
 
+pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
+
 PRIME = 23
 
 

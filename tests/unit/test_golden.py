@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ecapture.cli import main
+from ecapture.testing.plugin import GOLDEN_MODELS, Golden
 from ecapture.testing.replay import replay_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ RECORDINGS = sorted(p for p in (ROOT / "fixtures" / "recordings").rglob("*.ecap"
                     if p.parent.name != "format")
 
 
-MODELS = {"text": ".expected.txt", "json": ".expected.jsonl", "keylog": ".expected.keylog"}
+MODELS = GOLDEN_MODELS
 
 
 def test_there_are_golden_recordings() -> None:
@@ -27,16 +28,15 @@ def test_there_are_golden_recordings() -> None:
     assert {"curl_http11", "python_upload_1mib", "curl_http2", "python_keepalive"} <= names
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
-@pytest.mark.parametrize("recording", RECORDINGS, ids=lambda p: p.stem)
-def test_replay_matches_expected(recording: Path, model: str,
-                                 request: pytest.FixtureRequest) -> None:
-    expected = recording.with_suffix(MODELS[model])
-    text = replay_text(recording, model=model)
-    if request.config.getoption("--update-golden"):
-        expected.write_text(text)
-    assert expected.exists(), f"{expected.name} missing: run pytest --update-golden"
-    assert text == expected.read_text()
+def models_of(path: Path) -> list[str]:
+    """text and json for every recording; keylog where the fixture has one (TLS)."""
+    return ["text", "json", *(["keylog"] if path.with_suffix(MODELS["keylog"]).exists() else [])]
+
+
+@pytest.mark.parametrize(("path", "model"), [(p, m) for p in RECORDINGS for m in models_of(p)],
+                         ids=lambda v: v.stem if isinstance(v, Path) else v)
+def test_replay_matches_expected(path: Path, model: str, golden: Golden) -> None:
+    golden.check(replay_text(path, model=model), path.with_suffix(MODELS[model]))
 
 
 @pytest.mark.parametrize("recording", RECORDINGS, ids=lambda p: p.stem)
