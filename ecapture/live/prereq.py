@@ -59,9 +59,41 @@ def check_tracepoint(root: str, name: str) -> None:
         raise AttachError(f"tracepoint {name} is not available on kernel {kernel_release()}")
 
 
+# bpf(2) by machine; BPF_MAP_TYPE_RINGBUF is 27 in the kernel's uapi enum.
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_RINGBUF = 27
+
+
 def has_ringbuf() -> bool:
-    """BPF ring buffers arrived in Linux 5.8; older kernels get perf buffers."""
+    """Ask the kernel: try to create a one-page BPF ring buffer map. Kernels before 5.8
+    refuse the map type; distributions that backport ring buffers to older kernels get
+    them. Without bpf(2) (not root, unknown machine) fall back to the version: >= 5.8."""
+    import ctypes
+    import platform
+    import struct
+
+    nr = _NR_BPF.get(platform.machine())
+    if nr is not None:
+        attr = ctypes.create_string_buffer(128)  # union bpf_attr, zeroed
+        struct.pack_into("<IIII", attr, 0, _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(nr, _BPF_MAP_CREATE, attr, len(attr))
+        if fd >= 0:
+            os.close(fd)
+            return True
+        if ctypes.get_errno() in (22, 524):  # EINVAL, ENOTSUPP: the type is unknown
+            return False
     return kernel_version() >= (5, 8)
+
+
+def has_kprobes(root: str | None = None) -> bool:
+    """Whether the kernel was built with kprobes (CONFIG_KPROBES): its tracefs has
+    kprobe_events, or perf knows the kprobe PMU. Tracepoints need neither."""
+    candidates = ["/sys/bus/event_source/devices/kprobe/type"]
+    candidates += [os.path.join(r, "kprobe_events") for r in ([root] if root else
+                                                               TRACEFS_CANDIDATES)]
+    return any(os.path.exists(c) for c in candidates)
 
 
 def check_tc() -> None:

@@ -8,6 +8,7 @@ signals (bcc's cleanup closes every probe fd it opened).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import time
 from collections.abc import Callable
@@ -94,6 +95,19 @@ class LiveSession:
         except BaseException:
             self.close()
             raise
+        self._log_session()
+
+    def _log_session(self) -> None:
+        """With ECAPTURE_SESSION_LOG=FILE, append what this session attached and which
+        buffer it chose, one JSON line per session: the kernel matrix reads it to show
+        which path really ran on each kernel."""
+        path = os.environ.get("ECAPTURE_SESSION_LOG")
+        if not path:
+            return
+        entry = {"module": self.module.name, "kernel": prereq.kernel_release(),
+                 "kprobes_available": prereq.has_kprobes(self._tracefs), **self.describe()}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def _attach(self) -> None:
         for probe in self.module.probes():
