@@ -1,0 +1,92 @@
+"""Run the live suite on the kernel this process runs on, and write what happened.
+
+Used unchanged inside a local qemu guest, inside a Vagrant box, and on the host, so every
+row of the matrix table comes from the same code. Writes into ``out``:
+
+- ``junit.xml``: pytest's own, every test case with its ``ecapture_module`` property;
+- ``sessions.jsonl``: one line per live session the tests started (ECAPTURE_SESSION_LOG),
+  which says which buffer and which hooks really ran;
+- ``result.json``: the kernel, its features, the paths that ran and each test's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SUITE = ("tests/integration",)
+
+
+def kernel_features() -> dict[str, Any]:
+    """What the kernel offers, detected the same way a live session detects it."""
+    from ecapture.live import prereq
+
+    features: dict[str, Any] = {"release": platform.release(), "machine": platform.machine(),
+                                "btf": os.path.exists("/sys/kernel/btf/vmlinux")}
+    try:
+        features["ringbuf"] = prereq.has_ringbuf()
+        features["kprobes"] = prereq.has_kprobes()
+    except Exception as e:  # not root: the suite will say so per test
+        features["error"] = str(e)
+    return features
+
+
+def parse_junit(path: Path) -> list[dict[str, Any]]:
+    """Each test case: id, module (from its ecapture_module property), outcome, message."""
+    tests: list[dict[str, Any]] = []
+    root = ET.parse(path).getroot()
+    for case in root.iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            node = case.find(tag)
+            if node is not None:
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                first = (node.get("message") or "").strip().splitlines()[:1]
+                message = first[0] if first else ""
+                break
+        tests.append({"id": f"{case.get('classname')}::{case.get('name')}",
+                      "module": props.get("ecapture_module") or "other",
+                      "outcome": outcome, "message": message[:300],
+                      "time": float(case.get("time") or 0)})
+    return tests
+
+
+def read_sessions(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUITE,
+        pytest_args: tuple[str, ...] = (), python: str = sys.executable) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    junit, sessions = out / "junit.xml", out / "sessions.jsonl"
+    for stale in (junit, sessions):
+        stale.unlink(missing_ok=True)
+    env = {**os.environ, "ECAPTURE_SESSION_LOG": str(sessions),
+           "ECAPTURE_REQUIRE_LIVE": os.environ.get("ECAPTURE_REQUIRE_LIVE", "1")}
+    # -p no:cacheprovider: a guest sees the source tree read-only.
+    cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
+           f"--junitxml={junit}", "-o", "junit_suite_name=" + label, *suite, *pytest_args]
+    started = time.monotonic()
+    with open(out / "pytest.log", "wb") as log:
+        rc = subprocess.run(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL).returncode
+    result: dict[str, Any] = {
+        "label": label, "features": kernel_features(), "pytest_rc": rc,
+        "seconds": round(time.monotonic() - started, 1),
+        "sessions": read_sessions(sessions),
+        "tests": parse_junit(junit) if junit.exists() else [],
+    }
+    if not junit.exists():
+        result["error"] = f"pytest exited {rc} without a junit report (see pytest.log)"
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -1,0 +1,91 @@
+"""Turn result directories (one per kernel, written by :mod:`.suite`) into the matrix table
+and one merged junit XML. Pure: reads files, returns text."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def load(dirs: Iterable[Path]) -> list[dict[str, Any]]:
+    results = []
+    for d in dirs:
+        path = d / "result.json"
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+    return results
+
+
+def cell(tests: list[dict[str, Any]]) -> str:
+    """One module on one kernel: 'pass 28', 'FAIL 2/28: a, b', or 'skip: reason'."""
+    if not tests:
+        return "-"
+    failed = [t for t in tests if t["outcome"] in ("failed", "error")]
+    skipped = [t for t in tests if t["outcome"] == "skipped"]
+    passed = [t for t in tests if t["outcome"] == "passed"]
+    if failed:
+        names = ", ".join(t["id"].rsplit("::", 1)[-1] for t in failed[:3])
+        more = f" +{len(failed) - 3}" if len(failed) > 3 else ""
+        return f"FAIL {len(failed)}/{len(tests)}: {names}{more}"
+    if skipped and not passed:
+        return f"skip: {skipped[0]['message'] or 'no reason given'}"
+    text = f"pass {len(passed)}"
+    return text + (f" (skip {len(skipped)}: {skipped[0]['message']})" if skipped else "")
+
+
+def paths(result: dict[str, Any]) -> tuple[str, str]:
+    """(buffers, hooks) that live sessions really used on this kernel, e.g.
+    ('ringbuf+perf', 'uprobe, uretprobe, tracepoint, tc')."""
+    buffers: set[str] = set()
+    hooks: list[str] = []
+    for s in result.get("sessions", []):
+        buffers.add(s.get("buffer", "?"))
+        for probe in s.get("probes", []):
+            kind = probe.split(":", 1)[0]
+            if kind not in hooks:
+                hooks.append(kind)
+    order = ["ringbuf", "perf"]
+    return ("+".join(b for b in order if b in buffers) or "-"), (", ".join(hooks) or "-")
+
+
+def status(result: dict[str, Any]) -> str:
+    if result.get("error"):
+        return "ERROR"
+    bad = [t for t in result["tests"] if t["outcome"] in ("failed", "error")]
+    return "FAIL" if bad or result.get("pytest_rc", 0) not in (0, 5) else "pass"
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    modules = sorted({t["module"] for r in results for t in r.get("tests", [])})
+    head = ["kernel", "ringbuf?", "kprobes?", "buffers used", "hooks used", *modules,
+            "time", "result"]
+    rows = [head, ["---"] * len(head)]
+    for r in results:
+        f = r.get("features", {})
+        buffers, hooks = paths(r)
+        row = [r["label"], _yes(f.get("ringbuf")), _yes(f.get("kprobes")), buffers, hooks]
+        for m in modules:
+            row.append(cell([t for t in r.get("tests", []) if t["module"] == m]))
+        row += [f"{r.get('seconds', 0):.0f} s", r.get("error") or status(r)]
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+
+
+def _yes(value: Any) -> str:
+    return {True: "yes", False: "no"}.get(value, "?")
+
+
+def merge_junit(dirs: Iterable[Path], out: Path) -> None:
+    """One junit file, one <testsuite> per kernel (named after it)."""
+    merged = ET.Element("testsuites")
+    for d in dirs:
+        path = d / "junit.xml"
+        if not path.exists():
+            continue
+        root = ET.parse(path).getroot()
+        for suite in ([root] if root.tag == "testsuite" else list(root)):
+            merged.append(suite)
+    ET.ElementTree(merged).write(out, encoding="utf-8", xml_declaration=True)
