@@ -1,14 +1,15 @@
 """Typed events: what decoders produce and outputs consume. Frozen, slotted, no I/O.
 
 Events shared by several modules live here (every TLS library yields ``SslData``); a module
-with events of its own may declare them in its own file.
+with events of its own declares them in its own file and gives them the two methods of
+:class:`ModuleEvent`, so the text and json models show them without knowing the module.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 AF_INET = 2
 AF_INET6 = 10
@@ -29,6 +30,19 @@ def addr_str(family: int, raw: bytes) -> str:
         addr = ipaddress.IPv6Address(raw[:16])
         return str(addr.ipv4_mapped or addr)
     return "?"
+
+
+class ModuleEvent(Protocol):
+    """What a module's own event offers the outputs: ``text_line`` (after the time, one line
+    of the text model) and ``json_fields`` (beside "type": ``json_type``, "time" and "ts_ns";
+    bytes values become text or base64 as everywhere in the json model)."""
+
+    json_type: ClassVar[str]
+    timestamp_ns: int
+
+    def text_line(self) -> str: ...
+
+    def json_fields(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

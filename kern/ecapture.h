@@ -20,6 +20,7 @@ enum ecap_event_kind {
     ECAP_EVENT_CONN = 2,
     ECAP_EVENT_MASTER_SECRET = 3,
     ECAP_EVENT_PACKET = 4,
+    ECAP_EVENT_BASH_READLINE = 5,
 };
 
 #endif

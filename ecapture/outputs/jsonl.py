@@ -87,6 +87,11 @@ class JsonOutput:
         if isinstance(ev, LostNotice):
             return {"type": "lost", **self._time(ev.recv_ns), "module": ev.module,
                     "map": ev.map_name, "count": ev.count}
+        if hasattr(ev, "json_fields"):  # a module's own event (events.ModuleEvent)
+            out = {"type": ev.json_type, **self._time(ev.timestamp_ns)}
+            for key, value in ev.json_fields().items():
+                out.update(_bytes(key, value) if isinstance(value, bytes) else {key: value})
+            return out
         return {"type": "unknown", "repr": repr(ev)}
 
     def write(self, event: Any) -> None:

@@ -83,6 +83,8 @@ def format_event(event: Any, clock_offset_ns: int, hex: bool = False,
     if isinstance(event, LostNotice):
         when = wall_time(event.recv_ns, clock_offset_ns, tz)
         return f"{when}  LOST {event.count} events on {event.module}/{event.map_name}\n"
+    if hasattr(event, "text_line"):  # a module's own event (events.ModuleEvent)
+        return f"{wall_time(event.timestamp_ns, clock_offset_ns, tz)}  {event.text_line()}\n"
     return f"{event!r}\n"
 
 
