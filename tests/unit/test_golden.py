@@ -25,7 +25,8 @@ MODELS = GOLDEN_MODELS
 
 def test_there_are_golden_recordings() -> None:
     names = {p.stem for p in RECORDINGS}
-    assert {"curl_http11", "python_upload_1mib", "curl_http2", "python_keepalive"} <= names
+    assert {"curl_http11", "python_upload_1mib", "curl_http2", "python_keepalive",
+            "interactive"} <= names
 
 
 def models_of(path: Path) -> list[str]:

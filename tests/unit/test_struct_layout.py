@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ecapture.structs import bash as bash_structs
 from ecapture.structs import layout
 from ecapture.structs import openssl as openssl_structs
 
@@ -19,7 +20,8 @@ KERN = Path(__file__).resolve().parents[2] / "kern"
 
 # (header, C struct name, construct declaration)
 CASES = [
-    ("openssl.h", name, decl) for name, decl in openssl_structs.STRUCTS.items()
+    *(("openssl.h", name, decl) for name, decl in openssl_structs.STRUCTS.items()),
+    *(("bash.h", name, decl) for name, decl in bash_structs.STRUCTS.items()),
 ]
 
 
@@ -69,3 +71,8 @@ def test_layout_matches_c(tmp_path: Path, header: str, struct: str, decl: object
 def test_chunk_size_matches_header(tmp_path: Path) -> None:
     c = c_layout(tmp_path, "openssl.h", "ssl_data_event_t", ["data"])
     assert c["data.size"] == openssl_structs.SSL_CHUNK_SIZE
+
+
+def test_bash_line_max_matches_header(tmp_path: Path) -> None:
+    c = c_layout(tmp_path, "bash.h", "bash_readline_event_t", ["line"])
+    assert c["line.size"] == bash_structs.BASH_LINE_MAX

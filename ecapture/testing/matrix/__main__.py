@@ -43,7 +43,10 @@ def _guest_row(k: kernels.Kernel, out: Path, args: argparse.Namespace) -> Path:
     (d / "result.json").unlink(missing_ok=True)
     inner = [sys.executable, "-m", "ecapture.testing.matrix", "suite", "--out", str(d),
              "--label", k.release, "--root", str(ROOT), *_suite_args(args)]
-    rc = guest.run(k, f"cd {shlex.quote(str(ROOT))} && {shlex.join(inner)}", [out],
+    # PYTHONPATH: the guest imports this very tree, even when the interpreter's own
+    # install of ecapture points elsewhere (a snapshot checkout running the matrix).
+    here = shlex.quote(str(ROOT))
+    rc = guest.run(k, f"cd {here} && PYTHONPATH={here} {shlex.join(inner)}", [out],
                    d / "console.log", timeout=args.timeout)
     if not (d / "result.json").exists():  # the guest never got as far as writing it
         why = ("guest did not boot (vng exit 255, twice)" if rc == guest.GUEST_FAILED

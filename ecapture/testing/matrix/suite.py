@@ -72,6 +72,8 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
     for stale in (junit, sessions):
         stale.unlink(missing_ok=True)
     env = {**os.environ, "ECAPTURE_SESSION_LOG": str(sessions),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH"))
+                                         if p),
            "ECAPTURE_REQUIRE_LIVE": os.environ.get("ECAPTURE_REQUIRE_LIVE", "1")}
     # -p no:cacheprovider: a guest sees the source tree read-only.
     cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
