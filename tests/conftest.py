@@ -8,6 +8,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# pytester: tests/unit/test_plugin.py runs the ecapture plugin in fresh pytest sessions.
+pytest_plugins = ("pytester",)
+
 settings.register_profile("dev", max_examples=50)
 settings.register_profile("ci", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

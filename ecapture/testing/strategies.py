@@ -50,3 +50,19 @@ def struct_values(decl: cs.Struct, max_tail: int = 256,
 
     return build()
 
+
+
+def event_bytes(decl: cs.Struct, max_tail: int = 256, **fixed: Any) -> st.SearchStrategy[bytes]:
+    """Raw bytes of one event of ``decl``, as the kernel would send it (header plus the tail
+    its length field states); ``fixed`` pins fields, e.g. ``kind=5``."""
+    return struct_values(decl, max_tail, **fixed).map(lambda v: bytes(decl.build(v)))
+
+
+def module_events(module_cls: Any, max_tail: int = 256) -> st.SearchStrategy[tuple[str, bytes]]:
+    """(map name, raw bytes) of any struct on any map of a module, with its kind pinned:
+    what a module's ``decode`` must take without raising anything but DecodeError."""
+    def tagged(map_name: str, decl: cs.Struct, kind: int) -> st.SearchStrategy[tuple[str, bytes]]:
+        return st.tuples(st.just(map_name), event_bytes(decl, max_tail, kind=kind))
+
+    return st.one_of([tagged(m.name, decl, kind)
+                      for m in module_cls.maps for kind, (_, decl) in m.structs.items()])

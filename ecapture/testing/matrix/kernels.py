@@ -55,9 +55,10 @@ def newest_in_series(names: list[str], series: str) -> str | None:
 
 
 def depends(text: str) -> list[str]:
-    """Package names on the ``Depends:`` lines of ``apt-cache depends`` output."""
+    """Package names on the ``Depends:`` lines of ``apt-cache depends`` output, alternatives
+    (``|Depends:``) included, virtual packages (``<name>``) left out."""
     return [line.split(":", 1)[1].strip() for line in text.splitlines()
-            if line.strip().startswith("Depends:") and "<" not in line]
+            if line.strip().lstrip("|").startswith("Depends:") and "<" not in line]
 
 
 class Apt:
