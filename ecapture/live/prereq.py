@@ -87,6 +87,16 @@ def has_ringbuf() -> bool:
     return kernel_version() >= (5, 8)
 
 
+def has_probe_read_user() -> bool:
+    """Whether the kernel has the bpf_probe_read_user helpers (5.5+): its symbol table
+    names their implementation. Unreadable kallsyms: trust the version."""
+    try:
+        with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
+            return any(line.rstrip().endswith(" bpf_probe_read_user") for line in f)
+    except OSError:
+        return kernel_version() >= (5, 5)
+
+
 def has_kprobes(root: str | None = None) -> bool:
     """Whether the kernel was built with kprobes (CONFIG_KPROBES): its tracefs has
     kprobe_events, or perf knows the kprobe PMU. Tracepoints need neither."""

@@ -71,6 +71,7 @@ class LiveSession:
         self._tracefs = prereq.tracefs()
         self.module.init()
         self.features.ringbuf = prereq.has_ringbuf() and not self.force_perf
+        self.features.probe_read_user = prereq.has_probe_read_user()
         for probe in self.module.probes():
             if probe.kind == "tracepoint":
                 prereq.check_tracepoint(self._tracefs, probe.target)
@@ -81,6 +82,8 @@ class LiveSession:
         flags = [f"-I{kern_dir()}", *self.module.cflags(self.features)]
         if self.features.ringbuf:
             flags.append(f"-DRINGBUF_PAGES={self.ringbuf_pages}")
+        if not self.features.probe_read_user:
+            flags.append("-DHAVE_PROBE_READ_USER=0")
         return flags
 
     def start(self) -> None:
@@ -141,7 +144,7 @@ class LiveSession:
 
     def _open_buffers(self) -> None:
         for binding in self.bindings:
-            table = self.bpf[binding.map.name]
+            table = self.bpf[binding.map.name.encode()]
             map_id = binding.map_id
             if self.features.ringbuf and binding.map.buffer == "auto":
                 self._has_ring = True
@@ -186,7 +189,7 @@ class LiveSession:
     def _account_ringbuf_drops(self) -> None:
         # kern/ counts failed ringbuf outputs per CPU; turn increases into Lost records.
         # (the C program defines "dropped" whenever it uses a ring buffer)
-        table = self.bpf["dropped"]
+        table = self.bpf[b"dropped"]
         total = int(table.sum(table.Key(0)).value)
         if total > self._dropped_seen and self.bindings:
             self._pending.append(Lost(self.bindings[0].map_id, RINGBUF_CPU,
@@ -219,6 +222,7 @@ class LiveSession:
 
     def describe(self) -> dict[str, Any]:
         return {"buffer": "ringbuf" if self.features.ringbuf else "perf",
+                "probe_read_user": self.features.probe_read_user,
                 "probes": [f"{p.kind}:{p.target}" for p in self.attached],
                 "skipped": [f"{p.kind}:{p.target}" for p in self.skipped],
                 "pid": os.getpid()}

@@ -93,6 +93,7 @@ class Features:
     """What the running kernel offers, decided by the live layer."""
 
     ringbuf: bool = True
+    probe_read_user: bool = True  # bpf_probe_read_user*() helpers (Linux 5.5+)
 
 
 class Module:

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ecapture.modules.bash import BashLine
+from ecapture.modules.bash import BashLine, BashModule
 from ecapture.structs.bash import BASH_LINE_MAX
 
 pytestmark = pytest.mark.ecapture_module("bash")
@@ -90,3 +90,28 @@ def test_long_line_is_cut_and_flagged(live_capture) -> None:
     assert cut[0].truncated
     assert cut[0].line == long.encode()[: BASH_LINE_MAX - 1]
     assert "(cut at 1023 bytes)" in cap.replay().text()
+
+
+def test_combined_read_helpers_of_kernels_before_5_5() -> None:
+    """Kernels before 5.5 have no bpf_probe_read_user*(): the live layer builds the program
+    with the combined helpers instead. Build it that way here and capture the same lines."""
+    from ecapture.live.session import LiveSession
+    from ecapture.pipeline import bind
+    from ecapture.record import Record
+
+    module = BashModule({"bash": None, "pid": None, "uid": None})
+    items: list[object] = []
+    session = LiveSession(module, bind([module]), items.append)
+    session.init()
+    session.features.probe_read_user = False
+    assert "-DHAVE_PROBE_READ_USER=0" in session.cflags()
+    session.start()
+    try:
+        pid = run_shell(["echo old-kernel-path"])
+        for _ in range(20):
+            session.poll_once(100)
+        session.drain()
+    finally:
+        session.close()
+    events = [module.decode("events", r.data) for r in items if isinstance(r, Record)]
+    assert lines_of(events, pid) == ["echo SHELLPID=$$", "echo old-kernel-path", "exit"]
