@@ -217,12 +217,11 @@ def _deliver(items: list[Record | Lost], writer: Any, pipeline: Pipeline) -> Non
 
 
 def _dump_ebpf(session: Any) -> int:
-    from ecapture.live import prereq
     from ecapture.live.session import kern_dir
 
     session.module.check()
     session.module.init()
-    session.features.ringbuf = prereq.has_ringbuf() and not session.force_perf
+    session.detect_features()
     print(f"// cflags: {' '.join(session.cflags())}")
     print((kern_dir() / session.module.source).read_text(), end="")
     return 0

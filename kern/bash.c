@@ -7,15 +7,6 @@
 #include <uapi/linux/ptrace.h>
 #include "bash.h"
 
-#ifndef HAVE_PROBE_READ_USER
-#define HAVE_PROBE_READ_USER 1
-#endif
-/* bpf_probe_read_user*() arrived in Linux 5.5; before it, the combined helpers read user
- * memory on x86 and arm64. The live layer detects which the kernel has. */
-#if !HAVE_PROBE_READ_USER
-#define bpf_probe_read_user bpf_probe_read
-#define bpf_probe_read_user_str bpf_probe_read_str
-#endif
 #ifndef TARGET_PID
 #define TARGET_PID 0
 #endif
@@ -30,8 +21,9 @@
 #define RINGBUF_PAGES 2048
 #endif
 
-/* The same "events" buffer and "dropped" counter as every module (see openssl.c): bcc
- * rewrites map calls in the main file only, so this block cannot live in a header. */
+/* The same "events" buffer as every module (see openssl.c), and with a ring buffer the
+ * "dropped" counter the live layer reads: bcc rewrites map calls in the main file only,
+ * so this block cannot live in a header. */
 #if USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(dropped, u64, 1);

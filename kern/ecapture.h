@@ -12,6 +12,19 @@
 
 #define ECAP_COMM_LEN 16
 
+/* Kernel features arrive as -D flags from the live layer (ecapture/live/session.py), the
+ * same for every module: USE_RINGBUF, RINGBUF_PAGES and HAVE_PROBE_READ_USER. */
+#ifndef HAVE_PROBE_READ_USER
+#define HAVE_PROBE_READ_USER 1
+#endif
+/* bpf_probe_read_user*() arrived in Linux 5.5; before it, the combined helpers read user
+ * memory on x86 and arm64. Macros only, so they work from this header (bcc rewrites map
+ * calls in the main file only, which is why emit() cannot live here). */
+#if !HAVE_PROBE_READ_USER
+#define bpf_probe_read_user bpf_probe_read
+#define bpf_probe_read_user_str bpf_probe_read_str
+#endif
+
 /* Every event on a module's shared buffer starts with a __u32 kind, so several structs can
  * travel on one ring buffer and keep their relative order (a ring buffer is one ordered
  * queue across CPUs; two buffers would not be). */

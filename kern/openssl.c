@@ -25,15 +25,6 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
-#ifndef HAVE_PROBE_READ_USER
-#define HAVE_PROBE_READ_USER 1
-#endif
-/* bpf_probe_read_user*() arrived in Linux 5.5; before it, the combined helpers read user
- * memory on x86 and arm64. The live layer detects which the kernel has. */
-#if !HAVE_PROBE_READ_USER
-#define bpf_probe_read_user bpf_probe_read
-#define bpf_probe_read_user_str bpf_probe_read_str
-#endif
 #ifndef TARGET_PID
 #define TARGET_PID 0
 #endif

@@ -70,21 +70,27 @@ class LiveSession:
         prereq.check_kernel_headers()
         self._tracefs = prereq.tracefs()
         self.module.init()
-        self.features.ringbuf = prereq.has_ringbuf() and not self.force_perf
-        self.features.probe_read_user = prereq.has_probe_read_user()
+        self.detect_features()
         for probe in self.module.probes():
             if probe.kind == "tracepoint":
                 prereq.check_tracepoint(self._tracefs, probe.target)
             elif probe.kind == "tc":
                 prereq.check_tc()
 
+    def detect_features(self) -> Features:
+        """Ask the running kernel what it offers (--perf-buffer overrides ring buffers)."""
+        self.features.ringbuf = prereq.has_ringbuf() and not self.force_perf
+        self.features.probe_read_user = prereq.has_probe_read_user()
+        return self.features
+
     def cflags(self) -> list[str]:
-        flags = [f"-I{kern_dir()}", *self.module.cflags(self.features)]
-        if self.features.ringbuf:
+        """The kernel's features, the same -D flags for every module, then the module's."""
+        f = self.features
+        flags = [f"-I{kern_dir()}", f"-DUSE_RINGBUF={int(f.ringbuf)}",
+                 f"-DHAVE_PROBE_READ_USER={int(f.probe_read_user)}"]
+        if f.ringbuf:
             flags.append(f"-DRINGBUF_PAGES={self.ringbuf_pages}")
-        if not self.features.probe_read_user:
-            flags.append("-DHAVE_PROBE_READ_USER=0")
-        return flags
+        return flags + self.module.cflags(f)
 
     def start(self) -> None:
         src = kern_dir() / self.module.source

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,7 +83,7 @@ class BashModule(Module):
     maps = (EventMap("events", {EVENT_BASH_READLINE: ("bash_readline_event_t",
                                                       bash_readline_event_t)}),)
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
         self.binary: str | None = None
         self._codec = self.maps[0].codecs()[EVENT_BASH_READLINE]
@@ -117,7 +117,7 @@ class BashModule(Module):
         return [Probe("uretprobe", READLINE, "bash_readline_return", self.binary)]
 
     def cflags(self, features: Features) -> list[str]:
-        flags = [f"-DUSE_RINGBUF={int(features.ringbuf)}"]
+        flags: list[str] = []
         if self.config.get("pid") is not None:
             flags.append(f"-DTARGET_PID={self.config['pid']}")
         if self.config.get("uid") is not None:

@@ -195,8 +195,7 @@ class OpenSSLModule(Module):
         return probes
 
     def cflags(self, features: Features) -> list[str]:
-        flags = [f"-DSSL_CHUNK_SIZE={SSL_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}",
-                 f"-DUSE_RINGBUF={int(features.ringbuf)}"]
+        flags = [f"-DSSL_CHUNK_SIZE={SSL_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}"]
         if self.config.get("pid") is not None:
             flags.append(f"-DTARGET_PID={self.config['pid']}")
         if self.config.get("uid") is not None:

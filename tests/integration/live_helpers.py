@@ -92,7 +92,9 @@ def unprivileged_python(workdir: Path) -> list[str]:
                             ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["chmod", "-R", "a+rX", str(workdir)], check=True)
     os.chmod(workdir, 0o755)
-    python = shutil.which("python3", path="/usr/bin:/bin")
+    # The system's newest python3.x: ecapture needs 3.11 (Ubuntu 22.04's python3 is 3.10).
+    python = next(filter(None, (shutil.which(f"python3.{minor}", path="/usr/bin:/bin")
+                                for minor in range(20, 10, -1))), None)
     setpriv = shutil.which("setpriv")
     assert python and setpriv, "needs /usr/bin/python3 and setpriv (util-linux)"
     return ["env", "-i", f"PYTHONPATH={site}", "TZ=UTC", "PATH=/usr/bin:/bin", setpriv,

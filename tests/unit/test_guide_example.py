@@ -77,15 +77,15 @@ def guide_blocks() -> list[tuple[str | None, str, str, int]]:
     return blocks
 
 
+BLOCKS = guide_blocks()
+
+
 def test_guide_quotes_many_files() -> None:
     assert GUIDE.exists(), f"{GUIDE} is missing"
     quoted = {path for path, *_ in BLOCKS if path}
     assert len(quoted) >= 10, quoted  # the parser found the marked blocks
     assert {"kern/bash.c", "kern/bash.h", "ecapture/structs/bash.py",
             "ecapture/modules/bash.py"} <= quoted
-
-
-BLOCKS = guide_blocks()
 
 
 @pytest.mark.parametrize(("path", "lang", "body", "line"), BLOCKS,
@@ -100,5 +100,7 @@ def test_guide_block_is_quoted_verbatim(path: str | None, lang: str, body: str,
     assert source.is_file(), f"adding-a-module.md:{line}: {path} does not exist"
     excerpt = _rstrip_lines(body)
     assert excerpt.strip(), f"adding-a-module.md:{line}: empty quote"
-    assert excerpt in _rstrip_lines(source.read_text(encoding="utf-8")), (
+    # Whole lines only: "x = 1" must not pass because the file says "x = 10".
+    lines = f"\n{_rstrip_lines(source.read_text(encoding='utf-8'))}\n"
+    assert f"\n{excerpt}\n" in lines, (
         f"adding-a-module.md:{line}: this excerpt is no longer in {path}: update the guide")

@@ -76,3 +76,24 @@ def test_chunk_size_matches_header(tmp_path: Path) -> None:
 def test_bash_line_max_matches_header(tmp_path: Path) -> None:
     c = c_layout(tmp_path, "bash.h", "bash_readline_event_t", ["line"])
     assert c["line.size"] == bash_structs.BASH_LINE_MAX
+
+
+def test_event_kinds_match_header(tmp_path: Path) -> None:
+    """The kind every event starts with: kern/ecapture.h's enum against the Python constants
+    of every struct module, so a renumbering on one side fails here, not as decode errors."""
+    from ecapture.structs import openssl as o
+
+    kinds = {"ECAP_EVENT_SSL_DATA": o.EVENT_SSL_DATA, "ECAP_EVENT_CONN": o.EVENT_CONN,
+             "ECAP_EVENT_MASTER_SECRET": o.EVENT_MASTER_SECRET,
+             "ECAP_EVENT_PACKET": o.EVENT_PACKET,
+             "ECAP_EVENT_BASH_READLINE": bash_structs.EVENT_BASH_READLINE}
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None
+    src = tmp_path / "kinds.c"
+    src.write_text('#include "ecapture.h"\n#include <stdio.h>\nint main(void) {\n'
+                   + "".join(f'  printf("{k} %d\\n", (int){k});\n' for k in kinds)
+                   + "  return 0;\n}\n")
+    subprocess.run([cc, "-I", str(KERN), "-o", str(tmp_path / "kinds"), str(src)], check=True)
+    out = subprocess.run([str(tmp_path / "kinds")], check=True, capture_output=True,
+                         text=True).stdout
+    assert dict(line.split() for line in out.splitlines()) == {k: str(v) for k, v in kinds.items()}
