@@ -85,9 +85,10 @@ def _result(label: str, outcomes: dict[str, list[str]], **extra: object) -> dict
 
 
 def test_table_rows_cells_and_paths(tmp_path: Path) -> None:
-    sessions = [{"buffer": "ringbuf", "probes": ["uretprobe:readline"]},
+    sessions = [{"buffer": "ringbuf", "probes": ["uretprobe:readline"],
+                 "probe_read_user": False},
                 {"buffer": "perf", "probes": ["uprobe:SSL_read", "tracepoint:sock:x",
-                                              "uretprobe:SSL_read"]}]
+                                              "uretprobe:SSL_read"], "probe_read_user": True}]
     good = _result("6.1.0-56-amd64", {"tls": ["passed"] * 3, "bash": ["passed"]},
                    sessions=sessions)
     bad = _result("5.10.0-46-amd64", {"tls": ["passed", "failed"], "bash": ["skipped"]},
@@ -100,7 +101,8 @@ def test_table_rows_cells_and_paths(tmp_path: Path) -> None:
     text = table.render(table.load(sorted(tmp_path.iterdir())))
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
     assert "| pass 1 | pass 3 |" in rows["6.1.0-56-amd64"]
-    assert "| ringbuf+perf | uretprobe, uprobe, tracepoint |" in rows["6.1.0-56-amd64"]
+    assert "| ringbuf+perf | uretprobe, uprobe, tracepoint | user+combined |" \
+        in rows["6.1.0-56-amd64"]
     assert "| skip: why 0 | FAIL 1/2: tls_1 |" in rows["5.10.0-46-amd64"]
     assert rows["5.10.0-46-amd64"].endswith("| FAIL |")
     assert rows["7.3.4+deb13-amd64"].endswith("| guest did not boot |")

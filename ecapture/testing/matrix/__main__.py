@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _report(dirs: list[Path], out: Path) -> int:
     results = table.load(dirs)
     text = table.render(results)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
     table.merge_junit(dirs, out / "junit.xml")
     print(text, end="")

@@ -36,19 +36,23 @@ def cell(tests: list[dict[str, Any]]) -> str:
     return text + (f" (skip {len(skipped)}: {skipped[0]['message']})" if skipped else "")
 
 
-def paths(result: dict[str, Any]) -> tuple[str, str]:
-    """(buffers, hooks) that live sessions really used on this kernel, e.g.
-    ('ringbuf+perf', 'uprobe, uretprobe, tracepoint, tc')."""
+def paths(result: dict[str, Any]) -> tuple[str, str, str]:
+    """(buffers, hooks, user-memory read helpers) that live sessions really used on this
+    kernel, e.g. ('ringbuf+perf', 'uprobe, uretprobe, tracepoint, tc', 'user+combined')."""
     buffers: set[str] = set()
+    reads: set[str] = set()
     hooks: list[str] = []
     for s in result.get("sessions", []):
         buffers.add(s.get("buffer", "?"))
+        if "probe_read_user" in s:
+            reads.add("user" if s["probe_read_user"] else "combined")
         for probe in s.get("probes", []):
             kind = probe.split(":", 1)[0]
             if kind not in hooks:
                 hooks.append(kind)
-    order = ["ringbuf", "perf"]
-    return ("+".join(b for b in order if b in buffers) or "-"), (", ".join(hooks) or "-")
+    return ("+".join(b for b in ("ringbuf", "perf") if b in buffers) or "-",
+            ", ".join(hooks) or "-",
+            "+".join(r for r in ("user", "combined") if r in reads) or "-")
 
 
 def status(result: dict[str, Any]) -> str:
@@ -60,13 +64,13 @@ def status(result: dict[str, Any]) -> str:
 
 def render(results: list[dict[str, Any]]) -> str:
     modules = sorted({t["module"] for r in results for t in r.get("tests", [])})
-    head = ["kernel", "ringbuf?", "kprobes?", "buffers used", "hooks used", *modules,
-            "time", "result"]
+    head = ["kernel", "ringbuf?", "kprobes?", "buffers used", "hooks used", "reads used",
+            *modules, "time", "result"]
     rows = [head, ["---"] * len(head)]
     for r in results:
         f = r.get("features", {})
-        buffers, hooks = paths(r)
-        row = [r["label"], _yes(f.get("ringbuf")), _yes(f.get("kprobes")), buffers, hooks]
+        buffers, hooks, reads = paths(r)
+        row = [r["label"], _yes(f.get("ringbuf")), _yes(f.get("kprobes")), buffers, hooks, reads]
         for m in modules:
             row.append(cell([t for t in r.get("tests", []) if t["module"] == m]))
         row += [f"{r.get('seconds', 0):.0f} s", r.get("error") or status(r)]
