@@ -225,8 +225,14 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
             break;
         ev->offset = (u32)off;
         ev->data_len = n;
-        if (bpf_probe_read_user(ev->data, n, (void *)(call.buf + off)) != 0)
+        if (bpf_probe_read_user(ev->data, n, (void *)(call.buf + off)) != 0) {
+            /* The kernel would not copy these bytes (seen on 7.x under load). Say so with
+             * an empty chunk at this offset: user space then reports the rest of the call
+             * as missing instead of the whole call vanishing without a trace. */
+            ev->data_len = 0;
+            emit(ctx, ev, offsetof(struct ssl_data_event_t, data));
             break;
+        }
         emit(ctx, ev, offsetof(struct ssl_data_event_t, data) + n);
     }
     return 0;

@@ -103,6 +103,18 @@ def test_lost_middle_chunk_is_reported_not_hidden() -> None:
     assert all(c.missing for c in calls)  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("failed_at", [0, 2])
+def test_unreadable_chunk_marker_reports_the_rest_missing(failed_at: int) -> None:
+    # kern/openssl.c sends an empty chunk where bpf_probe_read_user failed, then stops.
+    total = 4 * SSL_CHUNK_SIZE
+    raws = [chunk(b"y" * SSL_CHUNK_SIZE, i * SSL_CHUNK_SIZE, total) for i in range(failed_at)]
+    raws.append(chunk(b"", failed_at * SSL_CHUNK_SIZE, total))
+    (call,) = run(raws)
+    assert isinstance(call, SslData)
+    assert (len(call.data), call.missing) == (failed_at * SSL_CHUNK_SIZE,
+                                              total - failed_at * SSL_CHUNK_SIZE)
+
+
 def test_next_call_releases_an_incomplete_one() -> None:
     first = chunk(b"a" * 10, 0, 20)  # its second half never comes
     second = chunk(b"b" * 5, 0, 5, start_ns=9_000)
