@@ -75,20 +75,30 @@ class ChunkJoiner:
 
 
 class ConnTable:
-    """Which connection each (pid, fd) currently is. A close removes it; a new connect or
-    accept on a reused fd replaces it."""
+    """Which connection each (pid, fd) currently is. A new connect or accept on a reused fd
+    replaces it. A close is remembered with its time rather than forgotten: with perf
+    buffers (one per CPU) a thread's last read can arrive after its close when the thread
+    moved CPUs in between, and that read still belongs to the connection."""
 
     def __init__(self) -> None:
         self._by_fd: dict[tuple[int, int], Conn] = {}
+        self._closed_at: dict[tuple[int, int], int] = {}
 
     def update(self, conn: Conn) -> None:
         key = (conn.pid, conn.fd)
         if conn.kind == "close":
             current = self._by_fd.get(key)
             if current is not None and (current.sock == conn.sock or conn.sock == 0):
-                del self._by_fd[key]
+                self._closed_at[key] = conn.timestamp_ns
         else:
             self._by_fd[key] = conn
+            self._closed_at.pop(key, None)
 
-    def lookup(self, pid: int, fd: int) -> Conn | None:
-        return self._by_fd.get((pid, fd))
+    def lookup(self, pid: int, fd: int, ts_ns: int | None = None) -> Conn | None:
+        """The connection of (pid, fd) at time ts_ns (an event's kernel time): one closed
+        before then is gone; without a time, only an open one counts."""
+        key = (pid, fd)
+        closed = self._closed_at.get(key)
+        if closed is not None and (ts_ns is None or ts_ns > closed):
+            return None
+        return self._by_fd.get(key)

@@ -318,7 +318,8 @@ class OpenSSLModule(Module):
             yield self._with_conn(call)
 
     def _with_conn(self, call: SslData) -> SslData:
-        conn = self._conns.lookup(call.pid, call.fd) if call.fd >= 0 else None
+        conn = self._conns.lookup(call.pid, call.fd, call.timestamp_ns) if call.fd >= 0 \
+            else None
         if conn is None:
             return call
         return replace(call, conn=conn)

@@ -53,9 +53,10 @@ def chunk(payload: bytes, offset: int, total: int, **over: object) -> bytes:
     return ssl_data_event_t.build(values)
 
 
-def conn(kind: int = 0, fd: int = 7, pid: int = 100, sock: int = 0xFFFF1) -> bytes:
+def conn(kind: int = 0, fd: int = 7, pid: int = 100, sock: int = 0xFFFF1,
+         ts: int = 1_000) -> bytes:
     return conn_event_t.build({
-        "kind": EVENT_CONN, "pid": pid, "timestamp_ns": 1_000, "sock": sock, "tid": pid,
+        "kind": EVENT_CONN, "pid": pid, "timestamp_ns": ts, "sock": sock, "tid": pid,
         "uid": 1000, "fd": fd, "family": 2, "conn": kind, "reserved": 0, "lport": 40000,
         "rport": 443, "laddr": bytes([127, 0, 0, 1]) + bytes(12),
         "raddr": bytes([127, 0, 0, 2]) + bytes(12), "comm": b"curl".ljust(16, b"\0"),
@@ -130,6 +131,16 @@ def test_conn_attached_by_pid_and_fd_and_dropped_on_close() -> None:
     assert isinstance(with_conn, SslData) and isinstance(with_conn.conn, Conn)
     assert (with_conn.conn.local, with_conn.conn.remote) == ("127.0.0.1:40000", "127.0.0.2:443")
     assert isinstance(after_close, SslData) and after_close.conn is None
+
+
+def test_last_read_arriving_after_its_close_keeps_the_connection() -> None:
+    # Perf buffers: the thread read (t=5000 on one CPU) and then closed (t=6000 on another);
+    # the close's buffer happened to be polled first.
+    out = run([conn(), conn(kind=2, ts=6_000), chunk(b"last", 0, 4),
+               chunk(b"late", 0, 4, start_ns=7_000, timestamp_ns=7_000)])
+    data = [o for o in out if isinstance(o, SslData)]
+    assert data[0].conn is not None and data[0].conn.kind == "connect"
+    assert data[1].conn is None  # after the close: not that connection any more
 
 
 def test_reused_fd_is_a_new_connection() -> None:
