@@ -7,6 +7,7 @@ signals (bcc's cleanup closes every probe fd it opened).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -115,7 +116,8 @@ class LiveSession:
             return
         entry = {"module": self.module.name, "kernel": prereq.kernel_release(),
                  "kprobes_available": prereq.has_kprobes(self._tracefs), **self.describe()}
-        with open(path, "a", encoding="utf-8") as f:
+        # A diagnostic: an unwritable log must not stop a capture that is running.
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
     def _attach(self) -> None:
