@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf 'matrix-setup: %s\n' "$*" >&2; }
+. scripts/apt.sh
 [ "$(id -u)" -eq 0 ] || { log "needs root (apt-get, qemu)"; exit 1; }
 
 KM=${ECAPTURE_MATRIX_CACHE:-$HOME/.cache/ecapture-matrix}
@@ -18,15 +19,11 @@ mkdir -p "$KM"
 # kmod: vng runs depmod on each kernel's modules; udev: the guest finds its script I/O
 # ports through /dev/virtio-ports/* symlinks that udev makes.
 pkgs=(qemu-system-x86 qemu-utils kmod busybox-static udev python3-venv)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
+mapfile -t missing < <(missing_packages "${pkgs[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
 
 if [ ! -x "$KM/vng/bin/vng" ]; then

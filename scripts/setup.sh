@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'setup: %s\n' "$*" >&2; }
+. scripts/apt.sh
 
 if [ "$(id -u)" -ne 0 ]; then
     log "not root: skipping system packages, headers and tracefs (live capture needs them)"
@@ -17,10 +18,7 @@ else
     # which decrypts the pcap model's files.
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
           nghttp2-server nghttp2-client jq tshark ca-certificates python3-venv)
-    missing=()
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-    done
+    mapfile -t missing < <(missing_packages "${pkgs[@]}")
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get update -qq
@@ -28,8 +26,7 @@ else
         if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
             missing+=("linux-headers-$release")
         fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
+        apt_install "${missing[@]}"
     fi
 
     # bcc compiles against /lib/modules/$(uname -r)/build. With no headers package for
