@@ -19,6 +19,7 @@ Nothing here needs root or bcc to import: the checks run per test.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import re
@@ -82,6 +83,7 @@ def kernel_satisfies(spec: str, release: str) -> bool:
     return True
 
 
+@functools.cache  # the machine does not change during a session; asked once per test
 def live_problem() -> str | None:
     """Why live capture cannot run here, or None."""
     if os.geteuid() != 0:
@@ -97,6 +99,7 @@ def live_problem() -> str | None:
     return None
 
 
+@functools.cache  # each call runs ldconfig -p: once per set of names is enough
 def library_problem(names: tuple[str, ...]) -> str | None:
     from ecapture.targets import find_library
 
