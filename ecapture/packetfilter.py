@@ -1,308 +1,369 @@
-"""A small tcpdump-like filter over raw Ethernet frames, pure (no I/O, no name lookups).
+"""Packet filters in tcpdump's syntax: compiled by tcpdump, run by a classic BPF interpreter.
 
-Grammar (precedence ``not`` > ``and`` > ``or``)::
+Rule of this module: pure, except :func:`compile_filter`, which runs ``tcpdump`` (no root,
+no network device: it compiles against a pcap file that holds only a header). Everything
+else is computation over bytes and tuples.
 
-    expr      := and_expr (("or" | "||") and_expr)*
-    and_expr  := not_expr (["and" | "&&"] not_expr)*   (juxtaposition means "and")
-    not_expr  := ("not" | "!") not_expr | "(" expr ")" | primitive
-    primitive := "tcp" | "udp" | "icmp" | "ip" | "ip6"
-               | ["src" | "dst"] "host" ADDR | ("src" | "dst") ADDR
-               | ["src" | "dst"] "port" N
-               | "net" CIDR
+- :func:`compile_filter` turns an expression into a classic BPF (cBPF) :data:`Program` by
+  asking tcpdump itself (``tcpdump -ddd``), so the whole of pcap-filter(7) is available
+  and means exactly what it means to tcpdump.
+- :func:`run` executes a program over one frame with libpcap's user-space semantics; it is
+  the reference the kernel translation (:mod:`ecapture.bpfasm`) is tested against, and the
+  fallback when a program cannot run in the kernel.
+- :func:`compile_matcher` is the one-call API for outputs: expression -> predicate.
 
-Frames are Ethernet II, optionally with one 802.1Q tag, carrying IPv4 or IPv6 (the IPv6
-next header is read directly; extension headers are not walked). ``icmp`` matches ICMP over
-IPv4 and ICMPv6 over IPv6. ``port`` matches TCP and UDP; IPv4 fragments after the first
-carry no ports. A frame that is too short or not IP matches no primitive, so only a negated
-expression can accept it. Matching never raises, whatever the bytes.
-
-A bad expression raises :class:`~ecapture.errors.ConfigError` naming the offending token and
-its 1-based position in the expression.
+Semantics of :func:`run`, as libpcap's ``bpf_filter`` (the tests hold it to tcpdump's own
+verdicts): A, X and the 16 scratch words start at 0; arithmetic is on unsigned 32-bit
+words; a packet load past the captured bytes, and a division or modulo by zero, end the
+program with 0 (reject); a shift by 32 or more gives 0; ``len`` is the wire length; ``ja``
+takes its offset as signed, because libpcap's ``protochain`` jumps backwards.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
+import os
+import shutil
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from ecapture.errors import ConfigError
 
-FrameFilter = Callable[[bytes], bool]
 
-_ETH_IPV4 = 0x0800
-_ETH_IPV6 = 0x86DD
-_ETH_VLAN = 0x8100
+class Insn(NamedTuple):
+    """One classic BPF instruction, as in ``struct sock_filter`` / ``struct bpf_insn``."""
 
-_PROTO_ICMP = 1
-_PROTO_TCP = 6
-_PROTO_UDP = 17
-_PROTO_ICMPV6 = 58
+    code: int
+    jt: int
+    jf: int
+    k: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Packet:
-    version: int  # 4 or 6
-    src: bytes
-    dst: bytes
-    proto: int
-    sport: int | None
-    dport: int | None
+# A program as tcpdump -ddd prints it; any sequence of (code, jt, jf, k) runs.
+Program = tuple[Insn, ...]
+Matcher = Callable[[bytes, int], bool]
+
+# --- classic BPF encoding (the public ABI of <net/bpf.h> / <linux/filter.h>) ----------------
+
+LD, LDX, ST, STX, ALU, JMP, RET, MISC = range(8)
+W, H, B = 0x00, 0x08, 0x10
+IMM, ABS, IND, MEM, LEN, MSH = 0x00, 0x20, 0x40, 0x60, 0x80, 0xA0
+ADD, SUB, MUL, DIV, OR, AND, LSH, RSH, NEG, MOD, XOR = (
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xA0)
+JA, JEQ, JGT, JGE, JSET = 0x00, 0x10, 0x20, 0x30, 0x40
+K, X = 0x00, 0x08
+RET_A = 0x10
+TAX, TXA = 0x00, 0x80
+
+MEMWORDS = 16  # BPF_MEMWORDS: the scratch memory M[0..15]
+MAXINSNS = 4096  # BPF_MAXINSNS: longest program libpcap and Linux accept
+SIZES = {W: 4, H: 2, B: 1}
+
+ALU_OPS = (ADD, SUB, MUL, DIV, OR, AND, LSH, RSH, MOD, XOR)
+JUMP_OPS = (JEQ, JGT, JGE, JSET)
+
+# Every instruction libpcap's interpreter knows. RET X is not one: neither libpcap nor
+# Linux has it.
+VALID_CODES: frozenset[int] = frozenset(
+    [LD | size | mode for size in (W, H, B) for mode in (ABS, IND)]
+    + [LD | W | IMM, LD | W | MEM, LD | W | LEN]
+    + [LDX | W | IMM, LDX | W | MEM, LDX | W | LEN, LDX | B | MSH]
+    + [ST, STX]
+    + [ALU | op | src for op in ALU_OPS for src in (K, X)] + [ALU | NEG]
+    + [JMP | JA] + [JMP | op | src for op in JUMP_OPS for src in (K, X)]
+    + [RET | K, RET | RET_A]
+    + [MISC | TAX, MISC | TXA])
+
+# tcpdump's default snapshot length; an accepting program returns it, like tcpdump's own.
+SNAPLEN = 262144
+ACCEPT_ALL: Program = (Insn(RET | K, 0, 0, SNAPLEN),)
+
+# run() gives up on a program after this many steps and rejects the packet. Only backward
+# jumps can loop, and libpcap's only ones (protochain) advance through the packet until a
+# load falls off its end, so real programs stop long before this.
+MAX_STEPS = 1_000_000
+
+_MASK = 0xFFFFFFFF
+
+# --- compiling with tcpdump ------------------------------------------------------------------
+
+TCPDUMP_INSTALL_HINT = ("packet filters are compiled by tcpdump, which is not installed: "
+                        "install it (apt-get install tcpdump, dnf install tcpdump)")
+# tcpdump may live in an sbin directory that a non-root PATH lacks.
+_TCPDUMP_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+_COMPILE_TIMEOUT_S = 60  # host names in a filter are resolved while compiling
 
 
-def _parse_frame(frame: bytes) -> _Packet | None:
-    """The IP summary of an Ethernet frame, or None if it is short, malformed or not IP."""
-    if len(frame) < 14:
-        return None
-    (ethertype,) = struct.unpack_from("!H", frame, 12)
-    offset = 14
-    if ethertype == _ETH_VLAN:
-        if len(frame) < 18:
-            return None
-        (ethertype,) = struct.unpack_from("!H", frame, 16)
-        offset = 18
-    if ethertype == _ETH_IPV4:
-        if len(frame) < offset + 20:
-            return None
-        vihl = frame[offset]
-        ihl = (vihl & 0x0F) * 4
-        if vihl >> 4 != 4 or ihl < 20 or len(frame) < offset + ihl:
-            return None
-        (frag,) = struct.unpack_from("!H", frame, offset + 6)
-        proto = frame[offset + 9]
-        src = bytes(frame[offset + 12:offset + 16])
-        dst = bytes(frame[offset + 16:offset + 20])
-        transport = offset + ihl
-        first_fragment = frag & 0x1FFF == 0
-        return _with_ports(4, src, dst, proto, frame, transport if first_fragment else None)
-    if ethertype == _ETH_IPV6:
-        if len(frame) < offset + 40 or frame[offset] >> 4 != 6:
-            return None
-        proto = frame[offset + 6]
-        src = bytes(frame[offset + 8:offset + 24])
-        dst = bytes(frame[offset + 24:offset + 40])
-        return _with_ports(6, src, dst, proto, frame, offset + 40)
+def find_tcpdump() -> str | None:
+    """The tcpdump binary: on PATH, else in the usual system directories."""
+    found = shutil.which("tcpdump")
+    if found:
+        return found
+    for directory in _TCPDUMP_DIRS:
+        path = os.path.join(directory, "tcpdump")
+        if os.access(path, os.X_OK):
+            return path
     return None
 
 
-def _with_ports(version: int, src: bytes, dst: bytes, proto: int, frame: bytes,
-                transport: int | None) -> _Packet:
-    sport = dport = None
-    if (transport is not None and proto in (_PROTO_TCP, _PROTO_UDP)
-            and len(frame) >= transport + 4):
-        sport, dport = struct.unpack_from("!HH", frame, transport)
-    return _Packet(version, src, dst, proto, sport, dport)
+def pcap_header(linktype: int, snaplen: int = SNAPLEN) -> bytes:
+    """A pcap file header (microsecond timestamps, version 2.4, native byte order)."""
+    return struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
 
 
-# --- expression compiler -------------------------------------------------------------------
+def compile_filter(expression: str, linktype: int = 1) -> Program:
+    """Compile a tcpdump filter expression for frames of ``linktype`` (a pcap LINKTYPE_*
+    value; 1 is Ethernet) into a classic BPF program, by running ``tcpdump -ddd``.
 
-_Pred = Callable[[_Packet | None], bool]
+    An empty or all-whitespace expression is :data:`ACCEPT_ALL` (one ``ret #262144``, what
+    tcpdump itself compiles for no filter) without running tcpdump.
 
-_TOKEN = re.compile(r"\s*(?:(&&|\|\||[()!])|([A-Za-z0-9_.:/%-]+)|(\S))")
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    text: str
-    pos: int  # 1-based column
-    is_word: bool
-
-
-def _tokenize(expr: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    i = 0
-    while i < len(expr):
-        m = _TOKEN.match(expr, i)
-        if m is None:  # only trailing whitespace is left
-            break
-        op, word, bad = m.group(1), m.group(2), m.group(3)
-        if bad is not None:
-            raise ConfigError(f"filter: unexpected character {bad!r} at position "
-                              f"{m.start(3) + 1}")
-        if op is not None:
-            tokens.append(_Token(op, m.start(1) + 1, False))
-        else:
-            tokens.append(_Token(word, m.start(2) + 1, True))
-        i = m.end()
-    return tokens
-
-
-_PROTOCOLS: dict[str, _Pred] = {
-    "tcp": lambda p: p is not None and p.proto == _PROTO_TCP,
-    "udp": lambda p: p is not None and p.proto == _PROTO_UDP,
-    "icmp": lambda p: p is not None and (
-        (p.version == 4 and p.proto == _PROTO_ICMP)
-        or (p.version == 6 and p.proto == _PROTO_ICMPV6)),
-    "ip": lambda p: p is not None and p.version == 4,
-    "ip6": lambda p: p is not None and p.version == 6,
-}
-
-_KEYWORDS = frozenset({"and", "or", "not", "host", "port", "net", "src", "dst",
-                       *_PROTOCOLS})
-
-
-class _Parser:
-    def __init__(self, expr: str):
-        self.tokens = _tokenize(expr)
-        self.i = 0
-
-    def peek(self) -> _Token | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def next(self, what: str) -> _Token:
-        tok = self.peek()
-        if tok is None:
-            after = f" after {self.tokens[-1].text!r}" if self.tokens else ""
-            raise ConfigError(f"filter: expected {what}{after}, got end of expression")
-        self.i += 1
-        return tok
-
-    @staticmethod
-    def unexpected(tok: _Token, what: str | None = None) -> ConfigError:
-        expected = f" (expected {what})" if what else ""
-        return ConfigError(f"filter: unexpected {tok.text!r} at position {tok.pos}{expected}")
-
-    def at(self, *texts: str) -> bool:
-        tok = self.peek()
-        return tok is not None and tok.text.lower() in texts
-
-    def parse(self) -> _Pred:
-        pred = self.parse_or()
-        tok = self.peek()
-        if tok is not None:
-            raise self.unexpected(tok, "'and', 'or' or end of expression")
-        return pred
-
-    def parse_or(self) -> _Pred:
-        preds = [self.parse_and()]
-        while self.at("or", "||"):
-            self.i += 1
-            preds.append(self.parse_and())
-        if len(preds) == 1:
-            return preds[0]
-        return lambda p: any(f(p) for f in preds)
-
-    def parse_and(self) -> _Pred:
-        preds = [self.parse_not()]
-        while True:
-            if self.at("and", "&&"):
-                self.i += 1
-            elif self.peek() is None or self.at("or", "||", ")"):
-                break
-            # Juxtaposition means "and", as in tcpdump: "tcp port 443".
-            preds.append(self.parse_not())
-        if len(preds) == 1:
-            return preds[0]
-        return lambda p: all(f(p) for f in preds)
-
-    def parse_not(self) -> _Pred:
-        if self.at("not", "!"):
-            self.i += 1
-            inner = self.parse_not()
-            return lambda p: not inner(p)
-        tok = self.next("a primitive")
-        if tok.text == "(":
-            pred = self.parse_or()
-            close = self.next("')'")
-            if close.text != ")":
-                raise self.unexpected(close, "')'")
-            return pred
-        if not tok.is_word:
-            raise self.unexpected(tok, "a primitive")
-        return self.parse_primitive(tok)
-
-    def parse_primitive(self, tok: _Token) -> _Pred:
-        word = tok.text.lower()
-        if word in _PROTOCOLS:
-            return _PROTOCOLS[word]
-        if word == "host":
-            return _host(self.address(), "either")
-        if word == "port":
-            return _port(self.port(), "either")
-        if word == "net":
-            return _net(self.network())
-        if word in ("src", "dst"):
-            if self.at("host"):
-                self.i += 1
-                return _host(self.address(), word)
-            if self.at("port"):
-                self.i += 1
-                return _port(self.port(), word)
-            return _host(self.address(), word)
-        raise self.unexpected(tok, "a primitive")
-
-    def operand(self, what: str) -> _Token:
-        tok = self.next(what)
-        if not tok.is_word or tok.text.lower() in _KEYWORDS:
-            raise self.unexpected(tok, what)
-        return tok
-
-    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        tok = self.operand("an IP address")
-        try:
-            return ipaddress.ip_address(tok.text)
-        except ValueError:
-            raise ConfigError(f"filter: bad IP address {tok.text!r} at position {tok.pos}"
-                              ) from None
-
-    def port(self) -> int:
-        tok = self.operand("a port number")
-        if not tok.text.isdigit() or not tok.text.isascii() or int(tok.text) > 0xFFFF:
-            raise ConfigError(f"filter: bad port {tok.text!r} at position {tok.pos} "
-                              "(expected a number 0-65535)")
-        return int(tok.text)
-
-    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        tok = self.operand("a network like 10.0.0.0/8")
-        try:
-            return ipaddress.ip_network(tok.text, strict=True)
-        except ValueError as e:
-            raise ConfigError(f"filter: bad network {tok.text!r} at position {tok.pos}: {e}"
-                              ) from None
-
-
-def _host(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, direction: str) -> _Pred:
-    version, packed = addr.version, addr.packed
-    if direction == "src":
-        return lambda p: p is not None and p.version == version and p.src == packed
-    if direction == "dst":
-        return lambda p: p is not None and p.version == version and p.dst == packed
-    return lambda p: p is not None and p.version == version and packed in (p.src, p.dst)
-
-
-def _port(port: int, direction: str) -> _Pred:
-    if direction == "src":
-        return lambda p: p is not None and p.sport == port
-    if direction == "dst":
-        return lambda p: p is not None and p.dport == port
-    return lambda p: p is not None and port in (p.sport, p.dport)
-
-
-def _net(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> _Pred:
-    version = net.version
-    base = int(net.network_address)
-    mask = int(net.netmask)
-
-    def match(p: _Packet | None) -> bool:
-        return p is not None and p.version == version and (
-            int.from_bytes(p.src, "big") & mask == base
-            or int.from_bytes(p.dst, "big") & mask == base)
-
-    return match
-
-
-def compile_filter(expr: str | None) -> FrameFilter:
-    """Compile ``expr`` into a predicate over raw Ethernet frames; empty accepts all.
-
-    Raises :class:`~ecapture.errors.ConfigError` if the expression is malformed.
+    Raises :class:`~ecapture.errors.ConfigError` (one line) if tcpdump is missing or
+    rejects the expression, quoting tcpdump's complaint.
     """
-    if expr is None or not expr.strip():
-        return lambda frame: True
-    pred = _Parser(expr).parse()
+    if not expression.strip():
+        return ACCEPT_ALL
+    tcpdump = find_tcpdump()
+    if tcpdump is None:
+        raise ConfigError(TCPDUMP_INSTALL_HINT)
+    # tcpdump compiles for the link type of the file it reads; a header-only file needs no
+    # device and no privileges. The .pcap suffix keeps AppArmor's tcpdump profile happy.
+    fd, path = tempfile.mkstemp(prefix="ecapture-filter-", suffix=".pcap")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pcap_header(linktype))
+        # "--": an expression that starts with "-" is not an option.
+        proc = subprocess.run([tcpdump, "-ddd", "-r", path, "--", expression],
+                              capture_output=True, text=True, errors="replace",
+                              timeout=_COMPILE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"filter {expression!r}: tcpdump did not compile it within "
+                          f"{_COMPILE_TIMEOUT_S}s (a host name that does not resolve?)"
+                          ) from None
+    except OSError as e:
+        raise ConfigError(f"filter {expression!r}: cannot run {tcpdump}: {e.strerror}"
+                          ) from None
+    finally:
+        os.unlink(path)
+    if proc.returncode != 0:
+        raise ConfigError(f"bad filter {expression!r}: {_complaint(proc.stderr)}")
+    try:
+        return parse_ddd(proc.stdout)
+    except ValueError as e:
+        raise ConfigError(f"filter {expression!r}: unexpected output from {tcpdump}: {e}"
+                          ) from None
 
-    def match(frame: bytes) -> bool:
-        return pred(_parse_frame(frame))
+
+def _complaint(stderr: str) -> str:
+    """tcpdump's error, on one line, without its "reading from file" notice."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    lines = [line.removeprefix("tcpdump: ") for line in lines
+             if line and not line.startswith("reading from file")]
+    return "; ".join(lines) or "tcpdump rejected it"
+
+
+def parse_ddd(text: str) -> Program:
+    """Parse ``tcpdump -ddd`` output: a count, then one ``code jt jf k`` line each."""
+    lines = text.split("\n")
+    rows = [line.split() for line in lines if line.strip()]
+    if not rows or len(rows[0]) != 1:
+        raise ValueError("no instruction count")
+    count = int(rows[0][0])
+    program = []
+    for row in rows[1:]:
+        if len(row) != 4:
+            raise ValueError(f"bad instruction line {' '.join(row)!r}")
+        code, jt, jf, k = (int(v) for v in row)
+        if not (0 <= code <= 0xFFFF and 0 <= jt <= 0xFF and 0 <= jf <= 0xFF
+                and 0 <= k <= _MASK):
+            raise ValueError(f"instruction out of range {' '.join(row)!r}")
+        program.append(Insn(code, jt, jf, k))
+    if len(program) != count or count == 0:
+        raise ValueError(f"{len(program)} instructions, announced {count}")
+    return tuple(program)
+
+
+# --- the interpreter -------------------------------------------------------------------------
+
+def _load(packet: bytes, offset: int, size: int) -> int | None:
+    if offset + size > len(packet):
+        return None
+    return int.from_bytes(packet[offset:offset + size], "big")
+
+
+def _alu(op: int, a: int, operand: int) -> int | None:
+    """A op operand on 32-bit words; None for a division by zero (the program rejects)."""
+    if op == ADD:
+        return (a + operand) & _MASK
+    if op == SUB:
+        return (a - operand) & _MASK
+    if op == MUL:
+        return (a * operand) & _MASK
+    if op == DIV:
+        return a // operand if operand else None
+    if op == MOD:
+        return a % operand if operand else None
+    if op == OR:
+        return a | operand
+    if op == AND:
+        return a & operand
+    if op == XOR:
+        return a ^ operand
+    if op == LSH:
+        return (a << operand) & _MASK if operand < 32 else 0
+    if op == RSH:
+        return a >> operand if operand < 32 else 0
+    raise ValueError(f"unknown ALU operation {op:#x}")
+
+
+def _jump(op: int, a: int, operand: int) -> bool:
+    if op == JEQ:
+        return a == operand
+    if op == JGT:
+        return a > operand
+    if op == JGE:
+        return a >= operand
+    if op == JSET:
+        return a & operand != 0
+    raise ValueError(f"unknown jump {op:#x}")
+
+
+def run(program: Sequence[tuple[int, int, int, int]], packet: bytes,
+        wirelen: int | None = None) -> int:
+    """Run a classic BPF program over ``packet`` (the captured bytes of a frame whose wire
+    length is ``wirelen``, by default ``len(packet)``) and return what it returns: 0
+    rejects the frame, anything else accepts it (libpcap keeps that many bytes).
+
+    Raises ValueError for a malformed program (unknown instruction, a jump or fall off the
+    end, a scratch index past 15); a valid program never raises, whatever the packet.
+    """
+    wire = len(packet) if wirelen is None else wirelen
+    a = x = 0
+    mem = [0] * MEMWORDS
+    pc = 0
+    n = len(program)
+    for _ in range(MAX_STEPS):
+        if not 0 <= pc < n:
+            raise ValueError(f"cBPF program runs off its end (pc {pc} of {n})")
+        code, jt, jf, k = program[pc]
+        pc += 1
+        cls = code & 0x07
+        if cls in (LD, LDX):
+            mode = code & 0xE0
+            size = SIZES.get(code & 0x18, 0)
+            value: int | None
+            if code not in VALID_CODES:
+                raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+            if mode == ABS:
+                value = _load(packet, k, size)
+            elif mode == IND:
+                value = _load(packet, x + k, size)  # unbounded sum: no wrap-around
+            elif mode == MSH:
+                byte = _load(packet, k, 1)
+                value = None if byte is None else (byte & 0x0F) << 2
+            elif mode == IMM:
+                value = k
+            elif mode == LEN:
+                value = wire & _MASK
+            else:  # MEM
+                value = mem[_memindex(k, pc - 1)]
+            if value is None:
+                return 0  # a load past the captured bytes
+            if cls == LD:
+                a = value
+            else:
+                x = value
+        elif cls in (ST, STX):
+            if code not in VALID_CODES:
+                raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+            mem[_memindex(k, pc - 1)] = a if cls == ST else x
+        elif cls == ALU:
+            op = code & 0xF0
+            if code not in VALID_CODES:
+                raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+            if op == NEG:
+                a = -a & _MASK
+                continue
+            result = _alu(op, a, x if code & X else k)
+            if result is None:
+                return 0  # division by zero
+            a = result
+        elif cls == JMP:
+            op = code & 0xF0
+            if code not in VALID_CODES:
+                raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+            if op == JA:
+                # Signed, as libpcap reads it: protochain loops with a backward "ja".
+                pc += k - (1 << 32) if k & 0x80000000 else k
+            else:
+                pc += jt if _jump(op, a, x if code & X else k) else jf
+        elif cls == RET:
+            if code == RET | K:
+                return k
+            if code == RET | RET_A:
+                return a
+            raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+        else:  # MISC
+            if code == MISC | TAX:
+                x = a
+            elif code == MISC | TXA:
+                a = x
+            else:
+                raise ValueError(f"unknown cBPF instruction {code:#x} at {pc - 1}")
+    return 0  # still looping after MAX_STEPS: see MAX_STEPS
+
+
+def _memindex(k: int, pc: int) -> int:
+    if not 0 <= k < MEMWORDS:
+        raise ValueError(f"scratch memory index {k} out of range at {pc}")
+    return k
+
+
+def validate(program: Sequence[tuple[int, int, int, int]]) -> None:
+    """Check a program's shape once, so that :func:`run` cannot raise on it: 1 to
+    MAXINSNS known instructions with fields in range (8-bit jt/jf, 32-bit k), jumps inside
+    the program, scratch indexes below 16, and a
+    last instruction that returns. Raises ValueError saying what is wrong."""
+    n = len(program)
+    if not 0 < n <= MAXINSNS:
+        raise ValueError(f"cBPF program of {n} instructions (1 to {MAXINSNS} allowed)")
+    for pc, (code, jt, jf, k) in enumerate(program):
+        if code not in VALID_CODES:
+            raise ValueError(f"unknown cBPF instruction {code:#x} at {pc}")
+        if not (0 <= jt <= 0xFF and 0 <= jf <= 0xFF and 0 <= k <= _MASK):
+            raise ValueError(f"instruction fields out of range at {pc}")
+        cls, mode = code & 0x07, code & 0xE0
+        if (cls in (ST, STX) or (cls in (LD, LDX) and mode == MEM)) and not 0 <= k < MEMWORDS:
+            raise ValueError(f"scratch memory index {k} out of range at {pc}")
+        if cls == JMP:
+            if code == JMP | JA:
+                targets = [pc + 1 + (k - (1 << 32) if k & 0x80000000 else k)]
+            else:
+                targets = [pc + 1 + jt, pc + 1 + jf]
+            if any(not 0 <= t < n for t in targets):
+                raise ValueError(f"jump out of the program at {pc}")
+    if program[-1][0] & 0x07 != RET:
+        raise ValueError("cBPF program does not end with a return")
+
+
+def compile_matcher(expression: str | None, linktype: int = 1) -> Matcher:
+    """``expression`` (tcpdump syntax; None or blank accepts everything) as a predicate
+    ``match(frame, wirelen) -> bool`` over captured frames of ``linktype``.
+
+    Raises :class:`~ecapture.errors.ConfigError` as :func:`compile_filter` does.
+    """
+    if expression is None or not expression.strip():
+        return lambda frame, wirelen: True
+    program = compile_filter(expression, linktype)
+    try:
+        validate(program)
+    except ValueError as e:
+        raise ConfigError(f"filter {expression!r}: tcpdump produced a program we cannot "
+                          f"run: {e}") from None
+
+    def match(frame: bytes, wirelen: int) -> bool:
+        return run(program, frame, wirelen) != 0
 
     return match
