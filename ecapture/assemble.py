@@ -1,77 +1,125 @@
-"""Joining what the kernel had to split: chunks of one TLS call, and connections by fd.
-
-Pure state machines fed with decoded events, shared by every TLS module. No I/O here.
+"""Joining what the kernel had to split: chunks of one TLS call, pieces of one packet, and
+connections by fd. Pure state machines fed with decoded fragments, shared by every TLS
+library module. No I/O here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from typing import Literal
 
-from ecapture.events import Conn, SslData
+from ecapture.events import Conn, Fragment
 
 
-@dataclass(frozen=True, slots=True)
-class SslChunk:
-    """One chunk as decoded: the call's fields with this chunk's data, plus where the chunk
-    belongs (the call's entry time identifies it, ``offset`` places the bytes)."""
+@dataclass(slots=True)
+class TlsChunk(Fragment):
+    """One chunk of one TLS read or write call, as the kernel sent it: the call's fields,
+    this chunk's bytes, and where they belong (``start_ns``, the call's entry time,
+    identifies the call; ``offset`` places the bytes)."""
 
-    call: SslData
+    timestamp_ns: int
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    fd: int
+    version: int
+    direction: Literal["read", "write"]
+    func: str
+    conn_id: int
+    total_len: int
     start_ns: int
     offset: int
+    data: bytes
 
 
-@dataclass
-class _Partial:
-    first: SslData
-    parts: list[bytes] = field(default_factory=list)
-    next_offset: int = 0
+#: A joined call: its first chunk (the call's fields), all its bytes, and its time.
+Call = tuple[TlsChunk, bytes, int]
 
 
 class ChunkJoiner:
-    """Joins the chunks of one SSL call (same pid, tid and entry time) into one SslData.
+    """Joins the chunks of one call (same pid, tid and entry time).
 
     The kernel emits a call's chunks in order from one program run, so they arrive in order
     on both ring buffers and perf buffers. A chunk that does not continue the call where the
     previous one ended means chunks were lost: the call is released with what arrived and
-    ``total_len`` says how much is missing.
+    its ``total_len`` says how much is missing.
     """
 
     def __init__(self) -> None:
-        self._open: dict[tuple[int, int], tuple[int, _Partial]] = {}
+        # (pid, tid) -> (first chunk, parts, next offset)
+        self._open: dict[tuple[int, int], tuple[TlsChunk, list[bytes], int]] = {}
 
-    def feed(self, piece: SslChunk) -> Iterator[SslData]:
-        chunk, start_ns, offset = piece.call, piece.start_ns, piece.offset
+    def feed(self, chunk: TlsChunk) -> Iterator[Call]:
         key = (chunk.pid, chunk.tid)
-        held = self._open.pop(key, None)
+        held = self._open.pop(key, None) if self._open else None
         if held is not None:
-            held_start, partial = held
-            if held_start == start_ns and offset == partial.next_offset:
-                partial.parts.append(chunk.data)
-                partial.next_offset += len(chunk.data)
-                if partial.next_offset >= chunk.total_len:
-                    yield self._release(partial, chunk.timestamp_ns)
+            first, parts, next_offset = held
+            if first.start_ns == chunk.start_ns and chunk.offset == next_offset:
+                parts.append(chunk.data)
+                next_offset += len(chunk.data)
+                if next_offset >= chunk.total_len:
+                    yield first, b"".join(parts), chunk.timestamp_ns
                 else:
-                    self._open[key] = (held_start, partial)
+                    self._open[key] = (first, parts, next_offset)
                 return
-            yield self._release(partial, partial.first.timestamp_ns)
-        if offset != 0:
-            # The beginning of this call was lost: keep what arrived, flagged as short.
-            yield chunk
+            yield first, b"".join(parts), first.timestamp_ns
+        if chunk.offset != 0 or len(chunk.data) >= chunk.total_len:
+            # Whole in one chunk; or its beginning was lost: keep what arrived, flagged short.
+            yield chunk, chunk.data, chunk.timestamp_ns
             return
-        if len(chunk.data) >= chunk.total_len:
-            yield chunk
-            return
-        self._open[key] = (start_ns, _Partial(chunk, [chunk.data], len(chunk.data)))
+        self._open[key] = (chunk, [chunk.data], len(chunk.data))
 
-    def finish(self) -> Iterator[SslData]:
-        for _, partial in self._open.values():
-            yield self._release(partial, partial.first.timestamp_ns)
+    def finish(self) -> Iterator[Call]:
+        for first, parts, _ in self._open.values():
+            yield first, b"".join(parts), first.timestamp_ns
         self._open.clear()
 
-    @staticmethod
-    def _release(partial: _Partial, timestamp_ns: int) -> SslData:
-        return replace(partial.first, data=b"".join(partial.parts), timestamp_ns=timestamp_ns)
+
+@dataclass(slots=True)
+class PacketChunk(Fragment):
+    """One piece of one packet: the TC program copies large (GSO) packets in pieces."""
+
+    timestamp_ns: int
+    ifindex: int
+    direction: Literal["ingress", "egress"]
+    length: int  # the whole packet
+    offset: int
+    data: bytes
+
+
+class PacketJoiner:
+    """Joins a packet's pieces. They come from one program run, in order, so a packet is
+    complete when its bytes reach its length; a piece of another packet (the same time,
+    interface and direction identify one) ends an incomplete one, which is released short."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, int, str], tuple[PacketChunk, list[bytes], int]] = {}
+
+    def feed(self, piece: PacketChunk) -> Iterator[tuple[PacketChunk, bytes]]:
+        key = (piece.timestamp_ns, piece.ifindex, piece.direction)
+        held = self._open.pop(key, None)
+        if held is not None:
+            first, parts, next_offset = held
+            if piece.offset == next_offset:
+                parts.append(piece.data)
+                next_offset += len(piece.data)
+                if next_offset >= first.length or not piece.data:
+                    yield first, b"".join(parts)
+                else:
+                    self._open[key] = (first, parts, next_offset)
+                return
+            yield first, b"".join(parts)
+        if piece.offset != 0 or len(piece.data) >= piece.length or not piece.data:
+            yield piece, piece.data
+            return
+        self._open[key] = (piece, [piece.data], len(piece.data))
+
+    def finish(self) -> Iterator[tuple[PacketChunk, bytes]]:
+        for first, parts, _ in self._open.values():
+            yield first, b"".join(parts)
+        self._open.clear()
 
 
 class ConnTable:

@@ -12,21 +12,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ecapture import __version__
 from ecapture import modules as registry
 from ecapture.errors import ConfigError, EcaptureError
 from ecapture.filters import EventFilter, parse_when
 from ecapture.modules.base import Module
-from ecapture.outputs import make_output
-from ecapture.pipeline import Pipeline, bind, bind_from_metadata, reorder_window
-from ecapture.record import Lost, Record
+from ecapture.outputs import MODELS, Output, make_output
+from ecapture.pipeline import Binding, Pipeline, bind, bind_from_metadata, reorder_window
+from ecapture.sources import CaptureStats, RecordingSource, human_bytes, run, summary_lines
 from ecapture.streams import Conversations
 
-MODELS = ("text", "json", "keylog", "pcap")
 DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
 DEMO = "tls/curl_http11.ecap"
+STATUS_EVERY_S = 0.5
 
 
 def default_recording() -> Path:
@@ -50,32 +50,57 @@ def _positive(text: str) -> float:
     return value
 
 
-def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", choices=MODELS, default="text",
-                   help="text: blocks for people; json: one object per line (docs/json.md); "
-                        "keylog: TLS secrets as SSLKEYLOGFILE lines into --keylogfile")
-    p.add_argument("-k", "--keylogfile", metavar="FILE", default="ecapture_openssl_key.log",
-                   help="where -m keylog writes (default: ecapture_openssl_key.log)")
-    p.add_argument("-w", "--pcapfile", metavar="FILE", default="save.pcapng",
-                   help="where -m pcap writes packets and TLS secrets (default: save.pcapng)")
-    p.add_argument("filter", nargs="*", metavar="FILTER",
-                   help="-m pcap: keep only packets matching this tcpdump-like expression, "
-                        "e.g. 'tcp port 443'")
+def _mapsize(text: str) -> int:
+    """Buffer sizes are whole pages in a power of two (the kernel's rule for ring and perf
+    buffers), so MiB must be a power of two."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB: {text!r}") from None
+    if not 1 <= value <= 1024 or value & (value - 1):
+        raise argparse.ArgumentTypeError("must be a power of two from 1 to 1024 (MiB)")
+    return value
+
+
+def _add_output_options(p: argparse.ArgumentParser, models: Sequence[str],
+                        keylog_default: str | None) -> None:
+    p.add_argument("-m", "--model", choices=models, default="text",
+                   help="text: blocks for people; json: one object per line (docs/json.md)"
+                        + ("; keylog: TLS secrets as SSLKEYLOGFILE lines into --keylogfile; "
+                           "pcap: packets and secrets into --pcapfile" if "keylog" in models
+                           else ""))
+    if "keylog" in models:
+        shown = keylog_default or "ecapture_<module>_key.log"
+        p.add_argument("-k", "--keylogfile", metavar="FILE", default=keylog_default,
+                       help=f"where -m keylog writes (default: {shown})")
+    if "pcap" in models:
+        p.add_argument("-w", "--pcapfile", metavar="FILE", default="save.pcapng",
+                       help="where -m pcap writes packets and TLS secrets "
+                            "(default: save.pcapng)")
+        p.add_argument("filter", nargs="*", metavar="FILTER",
+                       help="-m pcap: keep only packets matching this tcpdump expression "
+                            "(full tcpdump syntax, applied in the kernel), e.g. 'tcp port 443'")
     p.add_argument("--hex", action="store_true", help="show payloads as hex dumps")
     p.add_argument("--raw", action="store_true",
                    help="one block per TLS read/write, without parsing HTTP")
 
 
-def make_pipeline(args: argparse.Namespace, bindings: list[Any], metadata: dict[str, Any],
-                  accept: Any = None) -> Pipeline:
+def make_pipeline(args: argparse.Namespace, bindings: list[Binding], metadata: dict[str, Any],
+                  accept: Any = None, prefiltered: bool = False) -> tuple[Pipeline, Output]:
     """The same outputs and stages for live capture and replay."""
     ifname = getattr(args, "ifname", None) or next(
         (m.get("options", {}).get("ifname") for m in metadata.get("modules", [])), None)
+    keylog = getattr(args, "keylogfile", None) or next(
+        (b.module.keylog_default for b in bindings if b.module.keylog_default),
+        "ecapture_key.log")
     output = make_output(args.model, sys.stdout, int(metadata.get("clock_offset_ns", 0)),
-                         hex=args.hex, keylogfile=args.keylogfile, pcapfile=args.pcapfile,
-                         ifname=ifname, pcap_filter=" ".join(args.filter))
+                         hex=args.hex, keylogfile=keylog,
+                         pcapfile=getattr(args, "pcapfile", None) or "save.pcapng",
+                         ifname=ifname,
+                         pcap_filter=None if prefiltered else
+                         " ".join(getattr(args, "filter", None) or []))
     conversations = None if args.raw else Conversations(reorder_window(metadata))
-    return Pipeline(bindings, [output], accept=accept, conversations=conversations)
+    return Pipeline(bindings, [output], accept=accept, conversations=conversations), output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,15 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description=module.help)
         for option in module.options:
             option.add_to(p)
-        _add_output_options(p)
+        _add_output_options(p, module.models, module.keylog_default)
         p.add_argument("--record", metavar="FILE",
                        help="also record raw events to FILE (.ecap, created mode 0600)")
         p.add_argument("--duration", type=_positive, metavar="SECONDS",
                        help="stop after this many seconds (default: until Ctrl-C)")
         p.add_argument("--perf-buffer", action="store_true",
                        help="use perf buffers even where the kernel has ring buffers")
-        p.add_argument("--mapsize", type=int, default=8, metavar="MiB",
-                       help="size of the event buffer in MiB (default: 8)")
+        p.add_argument("--mapsize", type=_mapsize, default=32, metavar="MiB",
+                       help="size of each event buffer in MiB, a power of two (default: 32; "
+                            "perf buffers: per CPU)")
         p.add_argument("--dump-ebpf", action="store_true",
                        help="print the eBPF source and compiler flags, then exit")
         p.set_defaults(run=_run_live, module_cls=module)
@@ -110,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay a recording offline: no root, no bcc needed. "
                                    "Without FILE, replays the shipped demo recording.")
     p.add_argument("file", nargs="?", metavar="FILE")
-    _add_output_options(p)
+    _add_output_options(p, MODELS, None)
     p.add_argument("-p", "--pid", type=int, help="only events of this process id")
     p.add_argument("--comm", help="only events of processes with this command name")
     p.add_argument("--port", type=int, help="only connections with this port at either end")
@@ -118,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="TIME", help="only events at or after this wall-clock "
                    "time (ISO 8601, e.g. 2026-11-24T15:55:23; naive means local time)")
     p.add_argument("--until", metavar="TIME", help="only events at or before this time")
+    p.add_argument("--stats", action="store_true",
+                   help="print a summary on stderr at the end: events, bytes and lost events "
+                        "per map, what the model wrote")
     p.set_defaults(run=_run_replay)
 
     p = sub.add_parser("info", help="print a recording's metadata and counts")
@@ -148,82 +177,156 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _say(text: str) -> None:
+    print(f"ecapture: {text}", file=sys.stderr, flush=True)
+
+
+def _summary(stats: CaptureStats, duration: float | None, output: Output,
+             extra: Sequence[str] = ()) -> None:
+    said = getattr(output, "summary", None)
+    lines = summary_lines(stats, duration, [*extra, *([said()] if said else [])])
+    _say("summary: " + "\n".join(lines))
+
+
 # -- live ------------------------------------------------------------------------------
+
+class _Status:
+    """The status line on a terminal: events, bytes and lost events per map, the rate, and
+    how far the output lags behind the capture. Shown when stderr is a terminal that the
+    output is not also being printed on."""
+
+    def __init__(self, stats: CaptureStats, drain: Any, stream: TextIO, enabled: bool):
+        self.stats = stats
+        self.drain = drain
+        self.stream = stream
+        self.enabled = enabled
+        self._last = time.monotonic()
+        self._last_events = 0
+        self._shown = False
+
+    def update(self) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < STATUS_EVERY_S:
+            return
+        events = self.stats.events
+        rate = (events - self._last_events) / (now - self._last)
+        self._last, self._last_events = now, events
+        parts = [f"{self.stats.names.get(i, i)} {c.events:,} ev {human_bytes(c.bytes)} "
+                 f"{c.lost:,} lost" for i, c in sorted(self.stats.maps.items()) if c.events
+                 or c.lost]
+        parts.append(f"{rate:,.0f} ev/s")
+        if self.drain.backlog_bytes:
+            parts.append(f"output {human_bytes(self.drain.backlog_bytes)} behind")
+        self.stream.write("\r\x1b[K" + " | ".join(parts or ["waiting for events"]))
+        self.stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
 
 def _run_live(args: argparse.Namespace) -> int:
     # Imported here so that replay and info never import the live layer.
+    from ecapture.live.drain import Drain, LiveSource
     from ecapture.live.session import LiveSession
     from ecapture.metadata import build_metadata
     from ecapture.record.writer import Writer
 
+    launched = time.monotonic()
     module_cls: type[Module] = args.module_cls
     module = module_cls({**{o.dest: getattr(args, o.dest) for o in module_cls.options},
-                         "capture_packets": args.model == "pcap"})
+                         "capture_packets": args.model == "pcap",
+                         "pcap_filter": " ".join(getattr(args, "filter", None) or [])})
     bindings = bind([module])
-    items: list[Record | Lost] = []
-    session = LiveSession(module, bindings, items.append, force_perf=args.perf_buffer,
-                          ringbuf_pages=max(1, args.mapsize * 256))
+    pages = args.mapsize * 256
+    session = LiveSession(module, bindings, force_perf=args.perf_buffer,
+                          ringbuf_pages=pages, perf_pages=pages)
     if args.dump_ebpf:
         return _dump_ebpf(session)
     session.init()
     if args.model in ("keylog", "pcap"):
         module.require_keys()
 
+    drain: Drain | None = None
+    stops = 0
+
     def on_signal(signum: int, _frame: Any) -> None:
-        session.stop()
+        nonlocal stops
+        stops += 1
+        if drain is None:
+            raise KeyboardInterrupt
+        if stops > 1:  # a second Ctrl-C: stop printing the backlog too
+            raise KeyboardInterrupt
+        drain.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     writer = None
     pipeline = None
+    output: Output | None = None
+    stats: CaptureStats | None = None
+    status: _Status | None = None
     try:
         session.start()
         meta = build_metadata([module], bindings,
                               extra={"live": session.describe(), "model": args.model})
         if args.record:
             writer = Writer(args.record, meta)
-        pipeline = make_pipeline(args, bindings, meta)
+        stats = CaptureStats.for_metadata(meta)
+        pipeline, output = make_pipeline(args, bindings, meta,
+                                         prefiltered=session.kernel_filter)
+        drain = Drain(session, writer, stats)
+        drain.start()
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
-        print(f"ecapture: {module.name}: {len(session.attached)} probes attached to "
-              f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}); "
-              "Ctrl-C to stop", file=sys.stderr, flush=True)
+        _say(f"{module.name}: {len(session.attached)} probes attached to "
+             f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}) in "
+             f"{time.monotonic() - launched:.1f} s; Ctrl-C to stop")
+        for note in session.notes:
+            _say(note)
+        on_terminal = sys.stdout.isatty() and args.model in ("text", "json")
+        status = _Status(stats, drain, sys.stderr, sys.stderr.isatty() and not on_terminal)
         deadline = time.monotonic() + args.duration if args.duration else None
-        session.run(until=None if deadline is None else lambda: time.monotonic() >= deadline,
-                    after_poll=lambda: _deliver(items, writer, pipeline))
-        session.drain()
-        _deliver(items, writer, pipeline)
+
+        def after_batch() -> None:
+            if deadline is not None and time.monotonic() >= deadline and drain is not None:
+                drain.stop()
+            assert status is not None
+            status.update()
+            sys.stdout.flush()
+
+        run(LiveSource(drain, meta), pipeline, after_batch)
+        drain.join()
+        status.clear()
+        pipeline.close()
     finally:
-        session.close()
         for s, handler in old.items():
             signal.signal(s, handler)
-        # The recording first: it must end cleanly even if printing the rest fails.
+        if drain is not None:
+            drain.stop()
+            drain.join()
+        session.close()
         if writer is not None:
-            writer.close()
-        if pipeline is not None:
-            pipeline.close()
+            writer.abort()  # no-op when the drain thread closed it cleanly
+    assert drain is not None and stats is not None and output is not None
+    duration = ((drain.ended_ns or drain.started_ns) - drain.started_ns) / 1e9
+    extra = []
+    if writer is not None:
+        extra.append(f"recorded {sum(writer.events.values()):,} events, "
+                     f"{sum(writer.lost.values()):,} lost and {writer.facts:,} facts to "
+                     f"{args.record}")
+    _summary(stats, duration, output, extra)
+    if drain.error is not None:
+        raise drain.error  # the recording holds everything drained before it
     return 0
 
 
-def _deliver(items: list[Record | Lost], writer: Any, pipeline: Pipeline) -> None:
-    batch = items[:]
-    items.clear()
-    for item in batch:
-        if writer is not None:
-            writer.write(item)  # the tee: recorded raw, before any decoding
-        pipeline.feed(item)
-    pipeline.tick(time.monotonic_ns())
-    if writer is not None:
-        writer.flush()
-    sys.stdout.flush()
-
-
 def _dump_ebpf(session: Any) -> int:
-    from ecapture.live.session import kern_dir
-
     session.module.check()
     session.module.init()
     session.detect_features()
-    print(f"// cflags: {' '.join(session.cflags())}")
-    print((kern_dir() / session.module.source).read_text(), end="")
+    session.programs = session.module.programs(session.features)
+    print(session.dump(), end="")
     return 0
 
 
@@ -233,6 +336,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     from ecapture.record.reader import Reader
 
     path = Path(args.file) if args.file else default_recording()
+    started = time.monotonic()
     with Reader(str(path)) as reader:
         meta = reader.metadata
         accept = EventFilter(
@@ -240,20 +344,20 @@ def _run_replay(args: argparse.Namespace) -> int:
             since_ns=parse_when(args.since) if args.since else None,
             until_ns=parse_when(args.until) if args.until else None,
             clock_offset_ns=int(meta.get("clock_offset_ns", 0)))
-        pipeline = make_pipeline(args, bind_from_metadata(meta), meta,
-                                 accept if accept.active else None)
-        for item in reader:
-            pipeline.feed(item)
+        pipeline, output = make_pipeline(args, bind_from_metadata(meta), meta,
+                                         accept if accept.active else None)
+        source = RecordingSource(reader)
+        run(source, pipeline)
         pipeline.close()
     status = reader.status
     damaged = bool(status.truncated or status.corrupt_frames)
     if status.corrupt_frames:
-        print(f"ecapture: warning: {path}: skipped {status.corrupt_frames} corrupt records",
-              file=sys.stderr)
+        _say(f"warning: {path}: skipped {status.corrupt_frames} corrupt records")
     if status.truncated:
-        print(f"ecapture: warning: {path} is truncated: the last {status.truncated_bytes} bytes "
-              "were an incomplete record; everything before them was replayed",
-              file=sys.stderr)
+        _say(f"warning: {path} is truncated: the last {status.truncated_bytes} bytes "
+             "were an incomplete record; everything before them was replayed")
+    if args.stats:
+        _summary(source.stats, time.monotonic() - started, output)
     # Everything readable was replayed; a non-zero status still tells scripts the file is
     # damaged (a capture killed with -9 ends like this).
     return DAMAGED if damaged else 0

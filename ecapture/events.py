@@ -1,21 +1,35 @@
-"""Typed events: what decoders produce and outputs consume. Frozen, slotted, no I/O.
+"""Typed events: what decoders produce, filters select and outputs write. Pure: no I/O here.
 
-Events shared by several modules live here (every TLS library yields ``SslData``); a module
-with events of its own declares them in its own file and gives them the two methods of
-:class:`ModuleEvent`, so the text and json models show them without knowing the module.
+Every event is an :class:`Event`: a timestamp and the process it came from (pid, tid, uid,
+comm), plus what its module declares. An event says how it looks (``text``, ``json``) and
+which filters apply to it, so filters and outputs never need to know a module's classes.
+The events shared by every TLS library live here too: connections, plaintext, key-log
+entries and packets. A module with events of its own declares them in its own file.
+
+Events are values: build them, never change them. (They are not frozen only because frozen
+dataclasses cost a microsecond more per event, and replay makes hundreds of thousands.)
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
+
+from ecapture.render import Style, json_bytes
 
 AF_INET = 2
 AF_INET6 = 10
 
 TLS_VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv1.0", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
                 0x0304: "TLSv1.3"}
+
+# Which connection an event belongs to, for the --port and --host filters:
+#   "connection": its own ``connection`` (None: unknown, so those filters drop it);
+#   "unknown": it belongs to a connection whose endpoints it does not carry (TLS secrets,
+#              packets): those filters let it through rather than lose it;
+#   "none": it is not network traffic (a shell line): those filters drop it.
+Network = Literal["connection", "unknown", "none"]
 
 
 def comm_str(raw: bytes) -> str:
@@ -32,46 +46,92 @@ def addr_str(family: int, raw: bytes) -> str:
     return "?"
 
 
-class ModuleEvent(Protocol):
-    """What a module's own event offers the outputs: ``text_line`` (after the time, one line
-    of the text model) and ``json_fields`` (beside "type": ``json_type``, "time" and "ts_ns";
-    bytes values become text or base64 as everywhere in the json model)."""
-
-    json_type: ClassVar[str]
-    timestamp_ns: int
-
-    def text_line(self) -> str: ...
-
-    def json_fields(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Conn:
-    """A TCP connection of a traced process, or its end (kind "close"). Kind "proc": set up
-    before capture started, found in /proc when its first data showed up."""
+@dataclass(slots=True)
+class Event:
+    """What every module's events carry. ``timestamp_ns`` is the kernel's CLOCK_MONOTONIC."""
 
     timestamp_ns: int
-    kind: Literal["connect", "accept", "close", "proc"]
     pid: int
     tid: int
     uid: int
     comm: str
-    fd: int
-    sock: int
-    family: int
-    laddr: str
-    lport: int
-    raddr: str
-    rport: int
+
+    json_type: ClassVar[str] = "event"
+    #: --pid and --comm select it (False: it belongs to no process, e.g. a packet)
+    process_scoped: ClassVar[bool] = True
+    network: ClassVar[Network] = "none"
+    #: False: every filter lets it through (reports about the capture itself)
+    filtered: ClassVar[bool] = True
+    #: False: its time is when user space learned of it, not a kernel event's time, so
+    #: conversations pass it on at once instead of ordering it among kernel events
+    kernel_time: ClassVar[bool] = True
 
     @property
-    def local(self) -> str:
-        return _endpoint(self.laddr, self.lport)
+    def connection(self) -> Conn | None:
+        """The connection this event travelled on, when ``network`` is "connection"."""
+        return None
 
-    @property
-    def remote(self) -> str:
-        return _endpoint(self.raddr, self.rport)
+    def text(self, style: Style) -> str:
+        """The text model: by default one line, the time then :meth:`text_line`; "" shows
+        nothing (secrets and packets have models of their own)."""
+        return f"{style.when(self.timestamp_ns)}  {self.text_line()}\n"
 
+    def text_line(self) -> str:
+        return repr(self)
+
+    def json_fields(self) -> dict[str, Any] | None:
+        """The json model's fields after "type", "time" and "ts_ns"; bytes values become
+        text or base64. None: not shown in the json model."""
+        return None
+
+    def json(self, style: Style) -> dict[str, Any] | None:
+        fields = self.json_fields()
+        if fields is None:
+            return None
+        ts = self.timestamp_ns
+        out: dict[str, Any] = {"type": self.json_type, "time": style.iso(ts), "ts_ns": ts}
+        for key, value in fields.items():
+            if isinstance(value, bytes):
+                out.update(json_bytes(key, value))
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass(slots=True)
+class LostNotice(Event):
+    """The kernel dropped ``count`` events of one map (buffer full). Its time is when user
+    space learned of it; it belongs to no process."""
+
+    module: str
+    map_name: str
+    count: int
+
+    json_type: ClassVar[str] = "lost"
+    process_scoped: ClassVar[bool] = False
+    filtered: ClassVar[bool] = False
+    kernel_time: ClassVar[bool] = False
+
+    def text_line(self) -> str:
+        return f"LOST {self.count} events on {self.module}/{self.map_name}"
+
+    def json_fields(self) -> dict[str, Any]:
+        return {"module": self.module, "map": self.map_name, "count": self.count}
+
+
+def lost_notice(recv_ns: int, module: str, map_name: str, count: int) -> LostNotice:
+    return LostNotice(recv_ns, 0, 0, 0, "", module, map_name, count)
+
+
+class Fragment:
+    """Part of an event, as one kernel record carries it (a chunk of a large call, a
+    packet's piece, a library's raw secrets): a module's ``dispatch`` turns fragments into
+    events. Never shown, never filtered."""
+
+    __slots__ = ()
+
+
+# -- the TLS family's events ------------------------------------------------------------
 
 def _endpoint(addr: str, port: int) -> str:
     if addr == "?":
@@ -81,23 +141,80 @@ def _endpoint(addr: str, port: int) -> str:
     return f"{addr}:{port}"
 
 
-@dataclass(frozen=True, slots=True)
-class SslData:
-    """The plaintext of one TLS read or write call, joined from its chunks."""
+def endpoints(conn: Conn | None) -> dict[str, Any]:
+    """"local" and "remote" of the json model; null where unknown."""
+    if conn is None or conn.kind == "close":
+        return {"local": None, "remote": None}
+    return {"local": conn.local, "remote": conn.remote}
 
-    timestamp_ns: int
-    pid: int
-    tid: int
-    uid: int
-    comm: str
+
+ConnKind = Literal["connect", "accept", "close", "proc"]
+
+
+@dataclass(slots=True)
+class Conn(Event):
+    """A TCP connection of a traced process, or its end (kind "close"). Kind "proc": set up
+    before capture started, found in /proc when its first data showed up."""
+
+    kind: ConnKind
+    fd: int
+    sock: int
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+
+    json_type: ClassVar[str] = "conn"
+    network: ClassVar[Network] = "connection"
+
+    @property
+    def connection(self) -> Conn:
+        return self
+
+    @property
+    def local(self) -> str:
+        return _endpoint(self.laddr, self.lport)
+
+    @property
+    def remote(self) -> str:
+        return _endpoint(self.raddr, self.rport)
+
+    def text_line(self) -> str:
+        who = f"{self.comm} pid {self.pid} fd {self.fd}"
+        if self.kind == "close":
+            return f"{who}  CLOSE"
+        if self.kind == "proc":
+            return f"{who}  SOCKET  {self.local} -> {self.remote} (from /proc)"
+        arrow = f"{self.local} -> {self.remote}" if self.kind == "connect" else \
+            f"{self.remote} -> {self.local}"
+        return f"{who}  {self.kind.upper()}  {arrow}"
+
+    def json_fields(self) -> dict[str, Any]:
+        return {"event": self.kind, "pid": self.pid, "tid": self.tid, "uid": self.uid,
+                "comm": self.comm, "fd": self.fd, **endpoints(self)}
+
+
+@dataclass(slots=True)
+class TlsData(Event):
+    """The plaintext of one TLS read or write call, joined from its chunks. ``conn_id``
+    identifies the TLS connection within its process (OpenSSL's SSL*, a Go *tls.Conn, ...)."""
+
     fd: int
     version: int
     direction: Literal["read", "write"]
     func: str
-    ssl: int
+    conn_id: int
     data: bytes
     total_len: int  # what the call returned; len(data) is smaller only if chunks were lost
     conn: Conn | None = None
+
+    json_type: ClassVar[str] = "data"
+    network: ClassVar[Network] = "connection"
+
+    @property
+    def connection(self) -> Conn | None:
+        return self.conn
 
     @property
     def version_name(self) -> str:
@@ -107,26 +224,65 @@ class SslData:
     def missing(self) -> int:
         return self.total_len - len(self.data)
 
+    def text(self, style: Style) -> str:
+        head = (f"--- {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid} tid "
+                f"{self.tid} uid {self.uid}  fd {self.fd}  {self.version_name}")
+        conn = self.conn
+        if conn is not None:
+            src, dst = conn.local, conn.remote
+            if self.direction == "read":
+                src, dst = dst, src
+            tuple_ = f"{src} -> {dst}"
+        else:
+            tuple_ = "? -> ?"
+        what = "WRITE" if self.direction == "write" else "READ"
+        size = f"{len(self.data)} bytes"
+        if self.missing:
+            size += f" ({self.missing} of {self.total_len} lost)"
+        body = style.payload(self.data)
+        if not body.endswith("\n"):
+            body += "\n"
+        return f"{head}\n    {tuple_}  {what} {size}  [{self.func}]\n{body}"
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """A packet the TC classifier saw, as it was on the wire (pcap model)."""
+    def json_fields(self) -> dict[str, Any]:
+        return {"pid": self.pid, "tid": self.tid, "uid": self.uid, "comm": self.comm,
+                "fd": self.fd, "tls_version": self.version_name, "direction": self.direction,
+                "func": self.func, **endpoints(self.conn), "length": len(self.data),
+                "missing": self.missing, "data": self.data}
 
-    timestamp_ns: int
+
+@dataclass(slots=True)
+class KeyLogEntry(Event):
+    """One TLS secret as an SSLKEYLOGFILE line (RFC 9850): ``label client_random secret``.
+    Every TLS module produces these; the keylog and pcap models write them, the text and
+    json models do not show them (secrets do not belong on a terminal)."""
+
+    label: str
+    client_random: bytes
+    secret: bytes
+
+    network: ClassVar[Network] = "unknown"
+
+    @property
+    def line(self) -> str:
+        return f"{self.label} {self.client_random.hex()} {self.secret.hex()}"
+
+    def text(self, style: Style) -> str:
+        return ""
+
+
+@dataclass(slots=True)
+class Packet(Event):
+    """A packet the TC classifier saw, as it was on the wire (pcap model). It belongs to no
+    process: pid, tid and uid are 0 and comm is empty."""
+
     ifindex: int
     direction: Literal["ingress", "egress"]
-    length: int  # on the wire; len(data) is smaller only for packets over 64 KiB
+    length: int  # on the wire; len(data) is smaller only when bytes could not be captured
     data: bytes
 
+    process_scoped: ClassVar[bool] = False
+    network: ClassVar[Network] = "unknown"
 
-@dataclass(frozen=True, slots=True)
-class LostNotice:
-    """The kernel dropped ``count`` events of one map (buffer full)."""
-
-    recv_ns: int
-    module: str
-    map_name: str
-    count: int
-
-
-Event = Conn | SslData | Packet | LostNotice
+    def text(self, style: Style) -> str:
+        return ""

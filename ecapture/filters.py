@@ -1,6 +1,7 @@
 """Replay filters, applied to decoded events before they reach conversations and outputs.
 
-Pure: wall-clock bounds are compared through the recording's clock offset.
+Pure: wall-clock bounds are compared through the recording's clock offset. Filters see
+events only through :class:`ecapture.events.Event`, never through a module's classes.
 """
 
 from __future__ import annotations
@@ -8,11 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
 
 from ecapture.errors import ConfigError
-from ecapture.events import Conn, SslData
-from ecapture.tlskeys import MasterSecret
+from ecapture.events import Event
 
 
 def parse_when(text: str) -> int:
@@ -36,6 +35,9 @@ def _normal_host(text: str) -> str:
 
 @dataclass
 class EventFilter:
+    """The replay filters, over :class:`Event` alone: what an event declares (is it a
+    process's, which connection is it on) decides which filters apply to it."""
+
     pid: int | None = None
     comm: str | None = None
     port: int | None = None
@@ -54,22 +56,30 @@ class EventFilter:
         return any(v is not None for v in (self.pid, self.comm, self.port, self.host,
                                            self.since_ns, self.until_ns))
 
-    def __call__(self, event: Any) -> bool:
-        if isinstance(event, MasterSecret):
-            return self._process_and_time(event)
-        if not isinstance(event, Conn | SslData):
+    def __call__(self, event: Event) -> bool:
+        if not event.filtered:
             return True  # lost-event notices and the like always pass
-        if not self._process_and_time(event):
+        if event.process_scoped:
+            if self.pid is not None and event.pid != self.pid:
+                return False
+            if self.comm is not None and event.comm != self.comm:
+                return False
+        wall = event.timestamp_ns + self.clock_offset_ns
+        if self.since_ns is not None and wall < self.since_ns:
+            return False
+        if self.until_ns is not None and wall > self.until_ns:
             return False
         if self.port is None and self.host is None:
             return True
-        conn = event if isinstance(event, Conn) else event.conn
+        if event.network == "unknown":
+            return True  # e.g. TLS secrets: which connection they unlock is not known here
+        conn = event.connection if event.network == "connection" else None
         if conn is None:
             return False
         key = (conn.pid, conn.fd)
         if conn.kind == "close":
             # A close carries no addresses: it passes when the connection it ends did.
-            if isinstance(event, Conn) and key in self._passed:
+            if event is conn and key in self._passed:
                 self._passed.discard(key)
                 return True
             return False
@@ -79,13 +89,3 @@ class EventFilter:
             return False
         self._passed.add(key)
         return True
-
-    def _process_and_time(self, event: Conn | SslData | MasterSecret) -> bool:
-        if self.pid is not None and event.pid != self.pid:
-            return False
-        if self.comm is not None and event.comm != self.comm:
-            return False
-        wall = event.timestamp_ns + self.clock_offset_ns
-        if self.since_ns is not None and wall < self.since_ns:
-            return False
-        return self.until_ns is None or wall <= self.until_ns

@@ -1,5 +1,6 @@
-"""Record -> decode -> module dispatch -> outputs: the one path that live capture and replay
-share. No I/O of its own: records come from a source, events go to the outputs given.
+"""Record -> decode -> module dispatch -> filters -> conversations -> outputs: the one path
+that live capture and replay share. No I/O of its own: items come from a source
+(:mod:`ecapture.sources`), events go to the outputs given.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from typing import Any
 
 from ecapture import modules as registry
 from ecapture.errors import DecodeError, RecordFormatError
-from ecapture.events import LostNotice
+from ecapture.events import Event, lost_notice
 from ecapture.modules.base import EventMap, Module
 from ecapture.outputs import Output
-from ecapture.record import Lost, Record
+from ecapture.record import Fact, Item, Lost, Record
 from ecapture.streams import Conversations
 
 MAX_REPORTED_ERRORS = 5
@@ -80,7 +81,7 @@ def bind_from_metadata(metadata: Mapping[str, Any]) -> list[Binding]:
 
 class Pipeline:
     def __init__(self, bindings: list[Binding], outputs: list[Output],
-                 accept: Callable[[Any], bool] | None = None,
+                 accept: Callable[[Event], bool] | None = None,
                  warn: Callable[[str], None] | None = None,
                  conversations: Conversations | None = None):
         self.bindings = {b.map_id: b for b in bindings}
@@ -90,23 +91,26 @@ class Pipeline:
         self.warn = warn or (lambda msg: sys.stderr.write(f"ecapture: warning: {msg}\n"))
         self.decode_errors = 0
         self.events = 0
+        self._writers = [o.write for o in outputs]
 
-    def feed(self, item: Record | Lost) -> None:
+    def feed(self, item: Item) -> None:
         binding = self.bindings.get(item.map_id)
         if binding is None:
             self._error(f"record for unknown map id {item.map_id} skipped")
             return
-        if isinstance(item, Lost):
-            self._emit(LostNotice(item.recv_ns, binding.module.name, binding.map.name,
-                                  item.count))
-            return
+        module = binding.module
         try:
-            event = binding.module.decode(binding.map.name, item.data)
+            if isinstance(item, Record):
+                events = module.dispatch(module.decode(binding.map.name, item.data))
+            elif isinstance(item, Lost):
+                events = (lost_notice(item.recv_ns, module.name, binding.map.name,
+                                      item.count),)
+            elif isinstance(item, Fact):
+                events = module.apply(item.what, item.fields)
+            for event in events:
+                self._emit(event)
         except DecodeError as e:
             self._error(f"undecodable event skipped: {e}")
-            return
-        for out in binding.module.dispatch(event):
-            self._emit(out)
 
     def _error(self, msg: str) -> None:
         self.decode_errors += 1
@@ -115,7 +119,7 @@ class Pipeline:
         elif self.decode_errors == MAX_REPORTED_ERRORS + 1:
             self.warn("more decode errors; not reporting them one by one")
 
-    def _emit(self, event: Any) -> None:
+    def _emit(self, event: Event) -> None:
         if self.accept is not None and not self.accept(event):
             return
         if self.conversations is None:
@@ -124,10 +128,10 @@ class Pipeline:
             for out in self.conversations.feed(event):
                 self._output(out)
 
-    def _output(self, event: Any) -> None:
+    def _output(self, event: Event) -> None:
         self.events += 1
-        for output in self.outputs:
-            output.write(event)
+        for write in self._writers:
+            write(event)
 
     def tick(self, now_ns: int) -> None:
         """Live only: at kernel time now_ns, let conversations and outputs release what

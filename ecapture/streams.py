@@ -12,9 +12,10 @@ import heapq
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
-from ecapture.events import Conn, LostNotice, SslData
+from ecapture.events import Conn, Event, TlsData
+from ecapture.exchanges import FrameNotice, HttpExchange, ProtocolNotice
 from ecapture.parsers.detect import detect
 from ecapture.parsers.http1 import Http1Parser
 from ecapture.parsers.http2 import Http2Parser
@@ -22,6 +23,7 @@ from ecapture.parsers.messages import (
     Http2Frame,
     HttpRequest,
     HttpResponse,
+    Message,
     ProtocolError,
     RawData,
     Side,
@@ -34,113 +36,55 @@ IDLE_NS = 5_000_000_000
 IDLE_SCAN_NS = 1_000_000_000  # look for idle conversations at most this often
 
 
-@dataclass(frozen=True, slots=True)
-class HttpExchange:
-    """A request and its response on one connection. Either may be None: a request still
-    unanswered when the capture ended, a response whose request predates the capture."""
-
-    protocol: Literal["http1", "http2"]
-    pid: int
-    comm: str
-    conn: Conn | None
-    request: HttpRequest | None
-    response: HttpResponse | None
-    informational: tuple[HttpResponse, ...] = ()
-    role: Side = "client"  # what the traced process was on this connection
-
-    @property
-    def stream_id(self) -> int | None:
-        msg = self.request or self.response
-        return msg.stream_id if msg else None
-
-    @property
-    def latency_ns(self) -> int | None:
-        """From the request's first byte to the response's last byte."""
-        if self.request is None or self.response is None:
-            return None
-        return self.response.end_ns - self.request.start_ns
-
-    @property
-    def timestamp_ns(self) -> int:
-        msg = self.request or self.response
-        return msg.start_ns if msg else 0
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolNotice:
-    """A parser gave up on one side of a connection; its bytes follow as raw data."""
-
-    pid: int
-    comm: str
-    conn: Conn | None
-    error: ProtocolError
-
-    @property
-    def timestamp_ns(self) -> int:
-        return self.error.ts_ns
-
-
-@dataclass(frozen=True, slots=True)
-class FrameNotice:
-    """An HTTP/2 control frame (SETTINGS, PING, GOAWAY, RST_STREAM, ...)."""
-
-    pid: int
-    comm: str
-    conn: Conn | None
-    frame: Http2Frame
-
-    @property
-    def timestamp_ns(self) -> int:
-        return self.frame.ts_ns
-
-
 @dataclass
 class _Conversation:
-    first: SslData
+    first: TlsData
     role: Side | None = None  # what the traced process is on this connection
     protocol: str | None = None  # "http1", "http2", "raw"; None while detecting
-    held: list[SslData] = field(default_factory=list)
+    held: list[TlsData] = field(default_factory=list)
     parser: Http1Parser | Http2Parser | None = None
     requests: list[HttpRequest] = field(default_factory=list)  # HTTP/1, in order
     by_stream: dict[int, HttpRequest] = field(default_factory=dict)  # HTTP/2
     informational: dict[int | None, list[HttpResponse]] = field(default_factory=dict)
-    last: dict[Side, SslData] = field(default_factory=dict)
+    last: dict[Side, TlsData] = field(default_factory=dict)
     fds: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) keys pointing here
 
 
 class Conversations:
-    """Feed Conn and SslData events (others pass through); get exchanges, raw data of
+    """Feed Conn and TlsData events (others pass through); get exchanges, raw data of
     unknown protocols, notices. ``reorder_ns`` > 0 holds events that long (in event time)
     to put per-CPU perf buffer output back in timestamp order."""
 
     def __init__(self, reorder_ns: int = 0):
         self.reorder_ns = reorder_ns
-        self._heap: list[tuple[int, int, Any]] = []
+        self._heap: list[tuple[int, int, Event]] = []
         self._seq = itertools.count()
         self._clock = 0
         self._last_scan = 0
-        self._convs: dict[tuple[int, int], _Conversation] = {}  # (pid, SSL*) -> conversation
+        self._convs: dict[tuple[int, int], _Conversation] = {}  # (pid, conn_id) -> conversation
         self._by_fd: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> conv key
 
     # -- ordering ---------------------------------------------------------------------
-    def feed(self, event: Any) -> Iterator[Any]:
-        ts = getattr(event, "timestamp_ns", None)
-        if ts is not None:
-            yield from self._flush_idle(ts)
-        if self.reorder_ns <= 0 or ts is None:
+    def feed(self, event: Event) -> Iterator[Event]:
+        if not event.kernel_time:  # e.g. a lost-events notice: pass it on as it comes
+            yield from self._process(event)
+            return
+        ts = event.timestamp_ns
+        yield from self._flush_idle(ts)
+        if self.reorder_ns <= 0:
             yield from self._process(event)
             return
         heapq.heappush(self._heap, (ts, next(self._seq), event))
         self._clock = max(self._clock, ts)
         yield from self._release(self._clock - self.reorder_ns)
 
-    def tick(self, now_ns: int) -> Iterator[Any]:
+    def tick(self, now_ns: int) -> Iterator[Event]:
         """Live only: at kernel time now_ns, release events held for reordering and flush
         idle undecided conversations, even if no new event comes to move time on."""
         yield from self._release(now_ns - self.reorder_ns)
         yield from self._flush_idle(now_ns)
 
-    def _flush_idle(self, now_ns: int) -> Iterator[Any]:
+    def _flush_idle(self, now_ns: int) -> Iterator[Event]:
         if now_ns - self._last_scan < IDLE_SCAN_NS:
             return
         self._last_scan = now_ns
@@ -151,18 +95,18 @@ class Conversations:
                 held, conv.held = conv.held, []
                 yield from held
 
-    def _release(self, upto: int) -> Iterator[Any]:
+    def _release(self, upto: int) -> Iterator[Event]:
         while self._heap and self._heap[0][0] <= upto:
             yield from self._process(heapq.heappop(self._heap)[2])
 
-    def finish(self) -> Iterator[Any]:
+    def finish(self) -> Iterator[Event]:
         while self._heap:
             yield from self._process(heapq.heappop(self._heap)[2])
         for key in list(self._convs):
             yield from self._close(key)
 
     # -- connections ------------------------------------------------------------------
-    def _process(self, event: Any) -> Iterator[Any]:
+    def _process(self, event: Event) -> Iterator[Event]:
         if isinstance(event, Conn):
             old = self._by_fd.pop((event.pid, event.fd), None)
             if old is not None:
@@ -170,13 +114,13 @@ class Conversations:
                 # the fd was reused: the old conversation is over too.
                 yield from self._close(old)
             yield event
-        elif isinstance(event, SslData):
+        elif isinstance(event, TlsData):
             yield from self._data(event)
         else:
             yield event
 
-    def _data(self, ev: SslData) -> Iterator[Any]:
-        key = (ev.pid, ev.ssl)
+    def _data(self, ev: TlsData) -> Iterator[Event]:
+        key = (ev.pid, ev.conn_id)
         conv = self._convs.get(key)
         if conv is not None and ev.conn is not None and conv.first.conn is not None \
                 and ev.conn.sock != conv.first.conn.sock:
@@ -236,11 +180,11 @@ class Conversations:
             return "raw"
         return None
 
-    def _side(self, conv: _Conversation, ev: SslData) -> Side:
+    def _side(self, conv: _Conversation, ev: TlsData) -> Side:
         role: Side = conv.role or "client"  # always set once a protocol is chosen
         return role if ev.direction == "write" else _other(role)
 
-    def _to_parser(self, conv: _Conversation, ev: SslData) -> Iterator[Any]:
+    def _to_parser(self, conv: _Conversation, ev: TlsData) -> Iterator[Event]:
         if conv.parser is None:
             yield ev  # unknown protocol: the event as it came
             return
@@ -248,7 +192,7 @@ class Conversations:
         conv.last[side] = ev
         yield from self._messages(conv, conv.parser.feed(side, ev.data, ev.timestamp_ns))
 
-    def _close(self, key: tuple[int, int]) -> Iterator[Any]:
+    def _close(self, key: tuple[int, int]) -> Iterator[Event]:
         conv = self._convs.pop(key, None)
         if conv is None:
             return
@@ -266,7 +210,7 @@ class Conversations:
             yield self._exchange(conv, req, None)
 
     # -- pairing ----------------------------------------------------------------------
-    def _messages(self, conv: _Conversation, messages: list[Any]) -> Iterator[Any]:
+    def _messages(self, conv: _Conversation, messages: list[Message]) -> Iterator[Event]:
         first = conv.first
         for msg in messages:
             if isinstance(msg, HttpRequest):
@@ -284,9 +228,11 @@ class Conversations:
                     req = conv.by_stream.pop(msg.stream_id, None)
                 yield self._exchange(conv, req, msg)
             elif isinstance(msg, ProtocolError):
-                yield ProtocolNotice(first.pid, first.comm, first.conn, msg)
+                yield ProtocolNotice(msg.ts_ns, first.pid, first.tid, first.uid, first.comm,
+                                     first.conn, msg)
             elif isinstance(msg, Http2Frame):
-                yield FrameNotice(first.pid, first.comm, first.conn, msg)
+                yield FrameNotice(msg.ts_ns, first.pid, first.tid, first.uid, first.comm,
+                                  first.conn, msg)
             elif isinstance(msg, RawData):
                 yield self._raw(conv, msg)
 
@@ -296,10 +242,12 @@ class Conversations:
         info = tuple(conv.informational.pop(stream, []))
         protocol: Literal["http1", "http2"] = "http2" if conv.protocol == "http2" else "http1"
         first = conv.first
-        return HttpExchange(protocol, first.pid, first.comm, first.conn, req, resp, info,
+        msg = req or resp
+        return HttpExchange(msg.start_ns if msg else 0, first.pid, first.tid, first.uid,
+                            first.comm, protocol, first.conn, req, resp, info,
                             conv.role or "client")
 
-    def _raw(self, conv: _Conversation, raw: RawData) -> SslData:
+    def _raw(self, conv: _Conversation, raw: RawData) -> TlsData:
         """Bytes a parser handed back: shown like the data event they came from."""
         template = conv.last.get(raw.side, conv.first)
         sent_by_us = raw.side == conv.role
@@ -311,4 +259,4 @@ def _other(side: Side | None) -> Side:
     return "server" if side == "client" else "client"
 
 
-__all__ = ["Conversations", "FrameNotice", "HttpExchange", "LostNotice", "ProtocolNotice"]
+__all__ = ["Conversations"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from ecapture.events import Fragment, KeyLogEntry
+
 
 def hkdf_expand(prk: bytes, info: bytes, length: int, hash_name: str) -> bytes:
     """RFC 5869 §2.3."""
@@ -36,8 +38,9 @@ def suite_hash(cipher_id: int) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class MasterSecret:
-    """What the kernel read from one connection's OpenSSL structs."""
+class MasterSecret(Fragment):
+    """What the kernel read from one connection's OpenSSL structs: raw material from which
+    the key-log entries are derived (:meth:`entries`)."""
 
     timestamp_ns: int
     pid: int
@@ -53,25 +56,32 @@ class MasterSecret:
     server_app_traffic_secret: bytes
     exporter_master_secret: bytes
 
-    def keylog_lines(self) -> list[str]:
-        cr = self.client_random.hex()
+    def secrets(self) -> list[tuple[str, bytes]]:
+        """(label, secret) pairs, in the order SSLKEYLOGFILE writers use."""
         if not any(self.client_random):
             return []
         if self.version != 0x0304:
             if not any(self.master_key):
                 return []
-            return [f"CLIENT_RANDOM {cr} {self.master_key.hex()}"]
+            return [("CLIENT_RANDOM", self.master_key)]
         hash_name, n = suite_hash(self.cipher_id)
         hs, transcript = self.handshake_secret[:n], self.handshake_traffic_hash[:n]
-        lines = []
+        out = []
         if any(hs):
             for name, label in (("CLIENT_HANDSHAKE_TRAFFIC_SECRET", "c hs traffic"),
                                 ("SERVER_HANDSHAKE_TRAFFIC_SECRET", "s hs traffic")):
-                secret = hkdf_expand_label(hs, label, transcript, n, hash_name)
-                lines.append(f"{name} {cr} {secret.hex()}")
+                out.append((name, hkdf_expand_label(hs, label, transcript, n, hash_name)))
         for name, value in (("CLIENT_TRAFFIC_SECRET_0", self.client_app_traffic_secret),
                             ("SERVER_TRAFFIC_SECRET_0", self.server_app_traffic_secret),
                             ("EXPORTER_SECRET", self.exporter_master_secret)):
             if any(value[:n]):
-                lines.append(f"{name} {cr} {value[:n].hex()}")
-        return lines
+                out.append((name, value[:n]))
+        return out
+
+    def keylog_lines(self) -> list[str]:
+        return [e.line for e in self.entries()]
+
+    def entries(self) -> list[KeyLogEntry]:
+        """The key-log entries; tid and uid are 0: the kernel event does not carry them."""
+        return [KeyLogEntry(self.timestamp_ns, self.pid, 0, 0, self.comm, label,
+                            self.client_random, secret) for label, secret in self.secrets()]

@@ -2,45 +2,10 @@
  *
  * One uretprobe on readline() in the shell's binary (bash links readline statically) or in
  * libreadline (other programs). The return value is the line without its newline, or NULL
- * at end of input. Knobs arrive as -D cflags from ecapture/modules/bash.py.
+ * at end of input. Compiled after kern/prelude.c, as one text: the event buffer, emit()
+ * and the pid/uid filters (TARGET_PID, TARGET_UID, as -D flags) come from there.
  */
-#include <uapi/linux/ptrace.h>
 #include "bash.h"
-
-#ifndef TARGET_PID
-#define TARGET_PID 0
-#endif
-#ifndef TARGET_UID
-#define TARGET_UID 0xffffffff
-#endif
-
-#ifndef USE_RINGBUF
-#define USE_RINGBUF 1
-#endif
-#ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 2048
-#endif
-
-/* The same "events" buffer as every module (see openssl.c), and with a ring buffer the
- * "dropped" counter the live layer reads: bcc rewrites map calls in the main file only,
- * so this block cannot live in a header. */
-#if USE_RINGBUF
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(dropped, u64, 1);
-static __always_inline void emit(void *ctx, void *data, u32 size) {
-    if (events.ringbuf_output(data, size, 0) != 0) {
-        u32 zero = 0;
-        u64 *n = dropped.lookup(&zero);
-        if (n)
-            *n += 1;
-    }
-}
-#else
-BPF_PERF_OUTPUT(events);
-static __always_inline void emit(void *ctx, void *data, u32 size) {
-    events.perf_submit(ctx, data, size);
-}
-#endif
 
 /* The event is larger than the 512-byte BPF stack: build it in a per-CPU slot. */
 BPF_PERCPU_ARRAY(scratch, struct bash_readline_event_t, 1);
@@ -52,9 +17,7 @@ int bash_readline_return(struct pt_regs *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 pid = pid_tgid >> 32;
     u32 uid = (u32)bpf_get_current_uid_gid();
-    if (TARGET_PID != 0 && pid != TARGET_PID)
-        return 0;
-    if (TARGET_UID != 0xffffffff && uid != TARGET_UID)
+    if (!traced(pid_tgid, uid))
         return 0;
     u32 zero = 0;
     struct bash_readline_event_t *ev = scratch.lookup(&zero);
@@ -67,7 +30,7 @@ int bash_readline_return(struct pt_regs *ctx) {
     /* Re-bound for the verifier: [0, BASH_LINE_MAX - 1]. */
     if (len > BASH_LINE_MAX - 1)
         return 0;
-    ev->kind = ECAP_EVENT_BASH_READLINE;
+    ev->kind = BASH_EVENT_READLINE;
     ev->pid = pid;
     ev->timestamp_ns = bpf_ktime_get_ns();
     ev->uid = uid;

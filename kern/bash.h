@@ -5,13 +5,17 @@
 
 #include "ecapture.h"
 
+/* The one kind on the bash module's map (kinds are numbered per map; 5 is what bash's
+ * first recordings used). */
+#define BASH_EVENT_READLINE 5
+
 /* Longer lines are cut here and flagged; one line per keystroke-typed command is small. */
 #define BASH_LINE_MAX 1024
 
 /* One line that readline() returned to an interactive shell: what the user typed, after
  * history expansion is still to come (readline returns the raw line). */
 struct bash_readline_event_t {
-    __u32 kind;         /* ECAP_EVENT_BASH_READLINE */
+    __u32 kind;         /* BASH_EVENT_READLINE */
     __u32 pid;          /* tgid of the shell */
     __u64 timestamp_ns; /* bpf_ktime_get_ns() when readline returned (CLOCK_MONOTONIC) */
     __u32 uid;

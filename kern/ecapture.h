@@ -3,7 +3,8 @@
  * Structs that cross from kernel to user space live in per-module headers that include this
  * one. They must compile both under bcc (kernel headers) and with the host C compiler
  * (tests/unit/test_struct_layout.py compiles them with offsetof), so they use only the
- * fixed-width __u8..__u64 types from <linux/types.h>.
+ * fixed-width __u8..__u64 types from <linux/types.h>. Every event starts with a __u32 kind,
+ * numbered per event map by the module's own header.
  */
 #ifndef ECAPTURE_H
 #define ECAPTURE_H
@@ -19,21 +20,10 @@
 #endif
 /* bpf_probe_read_user*() arrived in Linux 5.5; before it, the combined helpers read user
  * memory on x86 and arm64. Macros only, so they work from this header (bcc rewrites map
- * calls in the main file only, which is why emit() cannot live here). */
+ * calls in the text it compiles only, never in headers; see kern/prelude.c). */
 #if !HAVE_PROBE_READ_USER
 #define bpf_probe_read_user bpf_probe_read
 #define bpf_probe_read_user_str bpf_probe_read_str
 #endif
-
-/* Every event on a module's shared buffer starts with a __u32 kind, so several structs can
- * travel on one ring buffer and keep their relative order (a ring buffer is one ordered
- * queue across CPUs; two buffers would not be). */
-enum ecap_event_kind {
-    ECAP_EVENT_SSL_DATA = 1,
-    ECAP_EVENT_CONN = 2,
-    ECAP_EVENT_MASTER_SECRET = 3,
-    ECAP_EVENT_PACKET = 4,
-    ECAP_EVENT_BASH_READLINE = 5,
-};
 
 #endif

@@ -87,14 +87,43 @@ def has_ringbuf() -> bool:
     return kernel_version() >= (5, 8)
 
 
+def kernel_functions(*names: str) -> set[str]:
+    """Which of ``names`` the kernel's symbol table has (helpers are named after their
+    implementation). None at all when kallsyms cannot be read."""
+    wanted = {f" {n}" for n in names}
+    found: set[str] = set()
+    with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
+        for line in f:
+            tail = line.rstrip()
+            cut = tail.rfind(" ")
+            if tail[cut:] in wanted:
+                found.add(tail[cut + 1:])
+    return found
+
+
 def has_probe_read_user() -> bool:
-    """Whether the kernel has the bpf_probe_read_user helpers (5.5+): its symbol table
-    names their implementation. Unreadable kallsyms: trust the version."""
+    """Whether the kernel has the bpf_probe_read_user helpers (5.5+). Unreadable kallsyms:
+    trust the version."""
     try:
-        with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
-            return any(line.rstrip().endswith(" bpf_probe_read_user") for line in f)
+        return bool(kernel_functions("bpf_probe_read_user"))
     except OSError:
         return kernel_version() >= (5, 5)
+
+
+def has_socket_tracepoints(root: str) -> bool:
+    """Whether socket I/O can be watched without syscall tracepoints: the
+    sock:sock_{send,recv}_length tracepoints (6.4+), and bpf_get_current_task_btf() and
+    bpf_task_pt_regs() (5.15+, with BTF) to read the syscall's fd from the task."""
+    for event in ("sock_send_length", "sock_recv_length"):
+        if not os.path.isdir(os.path.join(root, "events", "sock", event)):
+            return False
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return False
+    try:
+        helpers = kernel_functions("bpf_task_pt_regs", "bpf_get_current_task_btf")
+    except OSError:
+        return kernel_version() >= (6, 4)
+    return len(helpers) == 2
 
 
 def has_kprobes(root: str | None = None) -> bool:

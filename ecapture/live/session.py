@@ -1,8 +1,10 @@
-"""A live capture session: the seed's lifecycle init -> start -> run -> stop -> close.
+"""A live capture session: the seed's lifecycle init -> start -> (drain) -> stop -> close.
 
-The buffer callbacks only copy bytes into Records; decoding happens afterwards, in the
-shared pipeline, outside the callback. close() detaches everything, also after errors and
-signals (bcc's cleanup closes every probe fd it opened).
+``init`` checks everything that can fail before the kernel is touched; ``start`` compiles
+each of the module's eBPF programs (kern/prelude.c followed by its sources, as one text),
+attaches its probes and opens a reader on each event buffer. Draining those readers is
+:mod:`ecapture.live.drain`'s job. ``close`` detaches everything, also after errors and
+signals (bcc's cleanup closes every probe fd it opened; TC filters are removed).
 """
 
 from __future__ import annotations
@@ -11,56 +13,95 @@ import contextlib
 import ctypes
 import json
 import os
-import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecapture import procnet
 from ecapture.errors import AttachError
 from ecapture.live import prereq
 from ecapture.live.bccload import load_bcc
+from ecapture.live.perfbuf import PerfBufferReader
+from ecapture.live.ringbuf import RingBufferReader
 from ecapture.live.tc import TcAttachments
-from ecapture.modules.base import Features, Module, Probe
+from ecapture.modules.base import Features, Module, Probe, Program
 from ecapture.pipeline import Binding
-from ecapture.record import Lost, Record
 from ecapture.targets import elf_symbols
 
 RINGBUF_CPU = 0xFFFFFFFF  # a ring buffer is shared by all CPUs: the CPU is not known
-POLL_MS = 100
 
 
 def kern_dir() -> Path:
     """kern/ beside the package in a source tree, or the copy shipped inside the package."""
     here = Path(__file__).resolve().parent.parent
     for candidate in (here.parent / "kern", here / "kern"):
-        if (candidate / "ecapture.h").exists():
+        if (candidate / "prelude.c").exists():
             return candidate
     raise AttachError(f"eBPF sources (kern/) not found near {here}")
 
 
+def program_text(program: Program) -> str:
+    """kern/prelude.c and the program's sources as the one text bcc compiles. #line marks
+    keep compiler messages pointing at the right file and line."""
+    kern = kern_dir()
+    parts = []
+    for name in ("prelude.c", *program.sources):
+        path = kern / name
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise AttachError(f"cannot read eBPF source {path}: {e.strerror}") from None
+        parts.append(f'#line 1 "{path}"\n{text}')
+    return "".join(parts)
+
+
+@dataclass
+class Reader:
+    """One event buffer being drained: which binding it feeds, how it is read."""
+
+    binding: Binding
+    ring: RingBufferReader | None = None
+    perf: PerfBufferReader | None = None
+    dropped: Any = None  # the program's "dropped" counter table (ring buffers)
+
+    def fds(self) -> list[int]:
+        if self.ring is not None:
+            return [self.ring.fileno()]
+        return self.perf.fds() if self.perf is not None else []
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+        if self.perf is not None:
+            self.perf.close()
+
+
+@dataclass
+class _Loaded:
+    program: Program
+    bpf: Any
+    attached: list[Probe] = field(default_factory=list)
+
+
 class LiveSession:
-    def __init__(self, module: Module, bindings: list[Binding],
-                 sink: Callable[[Record | Lost], None], *, force_perf: bool = False,
-                 ringbuf_pages: int = 2048, perf_pages: int = 256):
+    def __init__(self, module: Module, bindings: list[Binding], *, force_perf: bool = False,
+                 ringbuf_pages: int = 8192, perf_pages: int = 1024):
         self.module = module
         self.bindings = [b for b in bindings if b.module is module]
-        self.sink = sink
         self.force_perf = force_perf
         self.ringbuf_pages = ringbuf_pages
         self.perf_pages = perf_pages
         self.features = Features()
-        self.bpf: Any = None
+        self.programs: list[Program] = []
         self.attached: list[Probe] = []
         self.skipped: list[Probe] = []
-        self._pending: list[Record | Lost] = []
-        self._dropped_seen = 0
-        self._stopping = False
-        self._callbacks: list[Any] = []  # keep ctypes callbacks alive
+        self.readers: list[Reader] = []
+        self.notes: list[str] = []  # one-line remarks for the user (e.g. a filter's fallback)
+        self.kernel_filter = False  # -m pcap's filter runs in the kernel
+        self._loaded: list[_Loaded] = []
         self._tracefs = ""
         self._tc = TcAttachments()
-        self._has_ring = False
-        self._has_perf = False
+        self._filter_fds: list[int] = []
+        self._detached = False
 
     # -- lifecycle ------------------------------------------------------------------
     def init(self) -> None:
@@ -72,40 +113,51 @@ class LiveSession:
         self._tracefs = prereq.tracefs()
         self.module.init()
         self.detect_features()
-        for probe in self.module.probes():
-            if probe.kind == "tracepoint":
-                prereq.check_tracepoint(self._tracefs, probe.target)
-            elif probe.kind == "tc":
-                prereq.check_tc()
+        self.programs = self.module.programs(self.features)
+        for program in self.programs:
+            for probe in program.probes:
+                if probe.kind == "tracepoint":
+                    prereq.check_tracepoint(self._tracefs, probe.target)
+                elif probe.kind == "tc":
+                    prereq.check_tc()
 
     def detect_features(self) -> Features:
         """Ask the running kernel what it offers (--perf-buffer overrides ring buffers)."""
         self.features.ringbuf = prereq.has_ringbuf() and not self.force_perf
         self.features.probe_read_user = prereq.has_probe_read_user()
+        self.features.socket_tracepoints = prereq.has_socket_tracepoints(
+            self._tracefs or prereq.tracefs())
         return self.features
 
-    def cflags(self) -> list[str]:
-        """The kernel's features, the same -D flags for every module, then the module's."""
+    def cflags(self, program: Program) -> list[str]:
+        """The kernel's features, the same -D flags for every program, then its own."""
         f = self.features
         flags = [f"-I{kern_dir()}", f"-DUSE_RINGBUF={int(f.ringbuf)}",
                  f"-DHAVE_PROBE_READ_USER={int(f.probe_read_user)}"]
         if f.ringbuf:
             flags.append(f"-DRINGBUF_PAGES={self.ringbuf_pages}")
-        return flags + self.module.cflags(f)
+        return flags + list(program.cflags)
 
     def start(self) -> None:
-        src = kern_dir() / self.module.source
         try:
-            self.bpf = self._bcc.BPF(src_file=str(src).encode(), cflags=self.cflags())
-        except Exception as e:
-            raise AttachError(f"compiling {src.name} failed: {_one_line(e)}") from None
-        try:
-            self._attach()
-            self._open_buffers()
+            for program in self.programs:
+                self._start_program(program)
         except BaseException:
             self.close()
             raise
         self._log_session()
+
+    def _start_program(self, program: Program) -> None:
+        try:
+            bpf = self._bcc.BPF(text=program_text(program).encode(),
+                                cflags=self.cflags(program))
+        except Exception as e:
+            names = ", ".join(program.sources)
+            raise AttachError(f"compiling {names} failed: {_one_line(e)}") from None
+        loaded = _Loaded(program, bpf)
+        self._loaded.append(loaded)
+        self._attach(loaded)
+        self._open_buffers(loaded)
 
     def _log_session(self) -> None:
         """With ECAPTURE_SESSION_LOG=FILE, append what this session attached and which
@@ -120,18 +172,18 @@ class LiveSession:
         with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def _attach(self) -> None:
-        for probe in self.module.probes():
+    def _attach(self, loaded: _Loaded) -> None:
+        bpf = loaded.bpf
+        tc_probes = [p for p in loaded.program.probes if p.kind == "tc"]
+        if tc_probes:
+            self._attach_tc(loaded, tc_probes)
+        for probe in loaded.program.probes:
             if probe.kind == "tc":
-                ifname, hook = probe.target.split(":")
-                fn = self.bpf.load_func(probe.fn.encode(), self._bcc.BPF.SCHED_CLS)
-                self._tc.attach(ifname, hook, fn.fd, probe.fn)
-                self.attached.append(probe)
                 continue
             if probe.kind == "tracepoint":
                 # bcc attaches TRACEPOINT_PROBE functions itself when it loads the program.
-                if probe.target.encode() not in self.bpf.tracepoint_fds:
-                    self.bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.fn.encode())
+                if probe.target.encode() not in bpf.tracepoint_fds:
+                    bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.fn.encode())
                 self.attached.append(probe)
                 continue
             assert probe.library is not None
@@ -140,8 +192,7 @@ class LiveSession:
                     self.skipped.append(probe)
                     continue
                 raise AttachError(f"symbol {probe.target} not found in {probe.library}")
-            attach = (self.bpf.attach_uprobe if probe.kind == "uprobe"
-                      else self.bpf.attach_uretprobe)
+            attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
             try:
                 attach(name=probe.library.encode(), sym=probe.target.encode(),
                        fn_name=probe.fn.encode())
@@ -150,90 +201,99 @@ class LiveSession:
                                   f"failed: {_one_line(e)}") from None
             self.attached.append(probe)
 
-    def _open_buffers(self) -> None:
+    def _attach_tc(self, loaded: _Loaded, probes: list[Probe]) -> None:
+        """TC classifiers, behind libpcap's filter translated to eBPF when there is one:
+        it tail-calls the capture function only for matching packets."""
+        from ecapture import bpfasm
+        from ecapture.live import bpfsys
+        from ecapture.packetfilter import compile_filter
+
+        bpf = loaded.bpf
+        expression = str(self.module.config.get("pcap_filter") or "").strip()
+        program = compile_filter(expression) if expression else None
+        jump = bpf[b"packet_capture"] if program is not None else None
+        for slot, probe in enumerate(probes):
+            ifname, hook = probe.target.split(":")
+            fn = bpf.load_func(probe.fn.encode(), self._bcc.BPF.SCHED_CLS)
+            fd = fn.fd
+            if program is not None and jump is not None:
+                try:
+                    insns = bpfasm.translate(program, bpfasm.TailCall(jump.map_fd, slot))
+                except ValueError as e:
+                    # e.g. protochain: libpcap loops backwards, which the verifier refuses.
+                    self.notes.append(f"the packet filter cannot run in the kernel ({e}); "
+                                      "every packet is copied and filtered in user space")
+                    program = jump = None
+                else:
+                    jump[ctypes.c_int(slot)] = ctypes.c_int(fn.fd)
+                    fd = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SCHED_CLS, insns,
+                                          name=f"ecap_filter_{hook}"[:15])
+                    self._filter_fds.append(fd)
+                    self.kernel_filter = True
+            self._tc.attach(ifname, hook, fd, probe.fn)
+            self.attached.append(probe)
+
+    def _open_buffers(self, loaded: _Loaded) -> None:
+        bpf = loaded.bpf
         for binding in self.bindings:
-            table = self.bpf[binding.map.name.encode()]
-            map_id = binding.map_id
+            if binding.map.program != loaded.program.name:
+                continue
+            table = bpf[binding.map.table.encode()]
             if self.features.ringbuf and binding.map.buffer == "auto":
-                self._has_ring = True
-
-                def on_ring(_ctx: Any, data: Any, size: int, map_id: int = map_id) -> None:
-                    self._pending.append(Record(map_id, RINGBUF_CPU, time.monotonic_ns(),
-                                                ctypes.string_at(data, size)))
-                table.open_ring_buffer(on_ring)
-                self._callbacks.append(on_ring)
+                reader = Reader(binding, ring=RingBufferReader(table.map_fd),
+                                dropped=bpf[b"dropped"])
             else:
-                def on_perf(cpu: int, data: Any, size: int, map_id: int = map_id) -> None:
-                    self._pending.append(Record(map_id, cpu, time.monotonic_ns(),
-                                                ctypes.string_at(data, size)))
+                reader = Reader(binding, perf=PerfBufferReader(
+                    table.map_fd, self.perf_pages, sample_size=binding.map.sample_size))
+            self.readers.append(reader)
 
-                def on_lost(count: int, map_id: int = map_id) -> None:
-                    self._pending.append(Lost(map_id, RINGBUF_CPU, time.monotonic_ns(), count))
-                table.open_perf_buffer(on_perf, page_cnt=self.perf_pages, lost_cb=on_lost)
-                self._has_perf = True
-                self._callbacks.extend([on_perf, on_lost])
+    def dropped(self, reader: Reader) -> int:
+        """What the program behind ``reader`` counted as failed ring-buffer outputs."""
+        if reader.dropped is None or self._detached:
+            return 0
+        return int(reader.dropped.sum(reader.dropped.Key(0)).value)
 
-    def poll_once(self, timeout_ms: int = POLL_MS) -> int:
-        """Wait for events up to timeout_ms, hand them to the sink; returns how many."""
-        if self._has_ring:
-            self.bpf.ring_buffer_poll(timeout_ms)
-            self._account_ringbuf_drops()
-            if self._has_perf:  # packets: a perf buffer beside the ring buffer
-                self.bpf.perf_buffer_poll(0)
-        else:
-            self.bpf.perf_buffer_poll(timeout_ms)
-        batch, self._pending = self._pending, []
-        for item in batch:
-            if isinstance(item, Record):
-                # Outside the callback: tuples the kernel could not give are looked up in
-                # /proc now, and recorded like kernel events, so replay shows them too.
-                for data in self.module.backfill(item.data, procnet.lookup):
-                    self.sink(item if data is item.data else
-                              Record(item.map_id, item.cpu, item.recv_ns, data))
-            else:
-                self.sink(item)
-        return len(batch)
-
-    def _account_ringbuf_drops(self) -> None:
-        # kern/ counts failed ringbuf outputs per CPU; turn increases into Lost records.
-        # (the C program defines "dropped" whenever it uses a ring buffer)
-        table = self.bpf[b"dropped"]
-        total = int(table.sum(table.Key(0)).value)
-        if total > self._dropped_seen and self.bindings:
-            self._pending.append(Lost(self.bindings[0].map_id, RINGBUF_CPU,
-                                      time.monotonic_ns(), total - self._dropped_seen))
-            self._dropped_seen = total
-
-    def run(self, until: Callable[[], bool] | None = None,
-            after_poll: Callable[[], None] | None = None) -> None:
-        """Poll until stop() is called (e.g. from a signal handler) or ``until()`` is true;
-        ``after_poll`` runs after every poll (the CLI delivers and flushes there)."""
-        while not self._stopping and not (until and until()):
-            self.poll_once()
-            if after_poll is not None:
-                after_poll()
-
-    def stop(self) -> None:
-        self._stopping = True
-
-    def drain(self) -> None:
-        """Collect what is still buffered after stop()."""
-        if self.bpf is not None:
-            while self.poll_once(0):
-                pass
+    def detach(self) -> None:
+        """Detach every probe and unload the programs; the buffers stay readable (their
+        memory mappings hold the maps), so what is in them can still be drained."""
+        if self._detached:
+            return
+        self._detached = True
+        self._tc.detach_all()
+        for fd in self._filter_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._filter_fds.clear()
+        for loaded in self._loaded:
+            loaded.bpf.cleanup()
+        self._loaded.clear()
 
     def close(self) -> None:
-        self._tc.detach_all()
-        if self.bpf is not None:
-            bpf, self.bpf = self.bpf, None
-            bpf.cleanup()
+        """Detach everything and unmap the buffers; safe to call twice and after a failed
+        start."""
+        self.detach()
+        for reader in self.readers:
+            with contextlib.suppress(Exception):
+                reader.close()
+        self.readers.clear()
 
     def describe(self) -> dict[str, Any]:
         return {"buffer": "ringbuf" if self.features.ringbuf else "perf",
                 "probe_read_user": self.features.probe_read_user,
+                "socket_hooks": "tracepoints" if self.features.socket_tracepoints
+                else "syscalls",
                 "probes": [f"{p.kind}:{p.target}" for p in self.attached],
                 "skipped": [f"{p.kind}:{p.target}" for p in self.skipped],
+                "kernel_filter": self.kernel_filter,
                 "pid": os.getpid()}
+
+    def dump(self) -> str:
+        """--dump-ebpf: every program's text and flags, loading nothing."""
+        out = []
+        for program in self.programs:
+            out.append(f"// program {program.name}: cflags: {' '.join(self.cflags(program))}\n")
+            out.append(program_text(program))
+        return "".join(out)
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,25 +1,25 @@
 """The module contract: what a capture module declares, in one place.
 
 A module is plain data plus pure functions: its name and options (which become a CLI
-subcommand), the library it attaches to and how to find it, its probes, its event maps and
-their structs, how raw bytes decode into typed events, and how those events are dispatched.
-Nothing here imports bcc or needs root: :mod:`ecapture.live` drives the seed's lifecycle
-(init -> start -> run -> stop -> close) around a module; replay drives the same decode and
-dispatch without ``init``.
+subcommand), the library it attaches to and how to find it, its eBPF programs and probes,
+its event maps and their structs, how raw bytes decode into typed events, and how those
+events are dispatched. Nothing here imports bcc or needs root: :mod:`ecapture.live` drives
+the seed's lifecycle (init -> start -> run -> stop -> close) around a module; replay drives
+the same decode and dispatch without ``init``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import construct as cs
-
 from ecapture.errors import ConfigError, DecodeError
-from ecapture.structs import fingerprint
-from ecapture.structs.layout import HeaderCodec, header_codec
+from ecapture.events import Event, Fragment
+from ecapture.structs.layout import HeaderCodec, KernelStruct, header_codec, layout
 
 
 @dataclass(frozen=True)
@@ -59,21 +59,70 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class EventMap:
-    """A ring/perf buffer of the module's eBPF program and the structs that travel on it.
+class Program:
+    """One eBPF program (one bcc compilation): kern/prelude.c followed by ``sources``, in
+    order, compiled as one text (bcc rewrites map calls only in the text it compiles, never
+    in included headers), with its -D flags and the probes that attach its functions."""
 
-    Every struct on a map starts with a little-endian __u32 ``kind``; ``structs`` maps that
-    kind to (C struct name, construct declaration)."""
+    name: str  # "main"; the TLS family adds "packets" for the pcap model
+    sources: tuple[str, ...]  # files under kern/
+    cflags: tuple[str, ...]
+    probes: tuple[Probe, ...]
+
+
+@dataclass(frozen=True)
+class EventMap:
+    """A ring/perf buffer of one of the module's programs and the structs on it.
+
+    ``name`` identifies the map in recordings; ``table`` is the buffer's name in the C
+    program. Every struct on a map starts with a little-endian __u32 ``kind``; ``structs``
+    maps each kind to its struct. Kinds are numbered per map."""
 
     name: str
-    structs: Mapping[int, tuple[str, cs.Struct]]
+    structs: Mapping[int, KernelStruct]
     buffer: Literal["auto", "perf"] = "auto"  # perf: needs a perf buffer on every kernel
+    program: str = "main"
+    table: str = "events"
 
     def fingerprints(self) -> dict[str, str]:
-        return {name: fingerprint(name, decl) for name, decl in self.structs.values()}
+        return {s.name: s.fingerprint for s in self.structs.values()}
 
     def codecs(self) -> dict[int, HeaderCodec]:
-        return {kind: header_codec(decl) for kind, (_, decl) in self.structs.items()}
+        return {kind: header_codec(s.decl) for kind, s in self.structs.items()}
+
+    @functools.cached_property
+    def _sizes(self) -> dict[int, tuple[int, struct.Struct | None, int]]:
+        """kind -> (fixed size, codec of the tail's length field, its offset)."""
+        out: dict[int, tuple[int, struct.Struct | None, int]] = {}
+        for kind, ks in self.structs.items():
+            fields = layout(ks.decl)
+            tail = fields[-1]
+            if tail.size is not None:
+                out[kind] = (tail.offset + tail.size, None, 0)
+                continue
+            length = next((f for f in fields if f.name == f"{tail.name}_len"), None)
+            if length is None:
+                out[kind] = (tail.offset, None, 0)
+            else:
+                out[kind] = (tail.offset, struct.Struct("<" + length.kind.lstrip("<>=!")),
+                             length.offset)
+        return out
+
+    def sample_size(self, data: bytes) -> int:
+        """How many of ``data``'s bytes the program sent (perf buffers pad samples): the
+        struct's fixed part plus what its tail's length field says; ``len(data)`` when the
+        kind is unknown, so that the decoder can complain."""
+        if len(data) < 4:
+            return len(data)
+        entry = self._sizes.get(int.from_bytes(data[:4], "little"))
+        if entry is None:
+            return len(data)
+        fixed, codec, offset = entry
+        if codec is None:
+            return min(fixed, len(data)) if fixed else len(data)
+        if len(data) < offset + codec.size:
+            return len(data)
+        return min(fixed + int(codec.unpack_from(data, offset)[0]), len(data))
 
 
 @dataclass(frozen=True)
@@ -94,6 +143,15 @@ class Features:
 
     ringbuf: bool = True
     probe_read_user: bool = True  # bpf_probe_read_user*() helpers (Linux 5.5+)
+    # sock:sock_{send,recv}_length tracepoints (6.4+) and bpf_task_pt_regs (5.15+): socket
+    # I/O can be watched without a program on every syscall of the host
+    socket_tracepoints: bool = True
+
+
+Decoded = Event | Fragment
+#: What the live layer learned from the running system for a module (not from its probes),
+#: recorded as a record of its own kind: ("socket", {fields}).
+Observation = tuple[str, dict[str, Any]]
 
 
 class Module:
@@ -103,9 +161,12 @@ class Module:
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
     help: ClassVar[str]
-    source: ClassVar[str]  # file name under kern/
+    source: ClassVar[str]  # the module's program under kern/
+    header: ClassVar[str]  # the kern/ header declaring its structs
     options: ClassVar[tuple[Option, ...]] = ()
     maps: ClassVar[tuple[EventMap, ...]] = ()
+    models: ClassVar[tuple[str, ...]] = ("text", "json")
+    keylog_default: ClassVar[str | None] = None  # -m keylog's file, for modules with keys
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)
@@ -124,29 +185,40 @@ class Module:
         raise ConfigError(f"module {self.name} does not capture TLS keys")
 
     # -- kernel side ---------------------------------------------------------------
-    def probes(self) -> list[Probe]:
+    def probes(self, features: Features) -> list[Probe]:
         raise NotImplementedError
 
     def cflags(self, features: Features) -> list[str]:
         return []
 
+    def programs(self, features: Features) -> list[Program]:
+        """The eBPF programs to compile and attach: by default one, ``source``."""
+        return [Program("main", (self.source,), tuple(self.cflags(features)),
+                        tuple(self.probes(features)))]
+
     # -- user side (shared by live and replay) -------------------------------------
-    def decode(self, map_name: str, data: bytes) -> Any:
-        """Raw event bytes -> typed event. Raises DecodeError only."""
+    def decode(self, map_name: str, data: bytes) -> Decoded:
+        """Raw event bytes -> a typed event or fragment. Raises DecodeError only."""
         raise NotImplementedError
 
-    def dispatch(self, event: Any) -> Iterable[Any]:
-        """Feed one decoded event; yield the events to output (possibly none, possibly
+    def dispatch(self, decoded: Decoded) -> Iterable[Event]:
+        """Feed one decoded record; yield the events to output (possibly none, possibly
         earlier ones completed by this one)."""
-        yield event
+        if isinstance(decoded, Event):
+            yield decoded
 
-    def backfill(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[bytes]:
-        """Live only, before recording: the raw events to record in place of this one,
-        completed with what ``lookup`` learns from the running system (the live layer passes
-        :func:`ecapture.procnet.lookup`). Replay then needs no live system."""
-        return [data]
+    def observe(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[Observation]:
+        """Live only, in the drain path, before ``data`` is recorded: what to learn from the
+        running system now, while it still exists, e.g. the 4-tuple of a socket that no
+        probe saw being set up (``lookup`` is :func:`ecapture.procnet.lookup`). Must be
+        cheap for the records that need nothing."""
+        return []
 
-    def finish(self) -> Iterator[Any]:
+    def apply(self, what: str, fields: Mapping[str, Any]) -> Iterable[Event]:
+        """An observation read back from a recording (live and replay alike)."""
+        return iter(())
+
+    def finish(self) -> Iterator[Event]:
         """End of input: yield whatever is still held back."""
         return iter(())
 

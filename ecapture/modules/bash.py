@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import comm_str
+from ecapture.events import Event, comm_str
 from ecapture.modules.base import (
     EventMap,
     Features,
@@ -28,24 +28,21 @@ from ecapture.modules.base import (
     non_negative_int,
     split_kind,
 )
-from ecapture.structs.bash import BASH_LINE_MAX, EVENT_BASH_READLINE, bash_readline_event_t
+from ecapture.structs.bash import BASH_LINE_MAX, BASH_READLINE, EVENT_BASH_READLINE
 from ecapture.targets import build_id, elf_symbols, find_library
 
 READLINE = "readline"
 
 
-@dataclass(frozen=True, slots=True)
-class BashLine:
-    """A line a shell read: what the user typed (before history expansion)."""
+@dataclass(slots=True)
+class BashLine(Event):
+    """A line a shell read: what the user typed (before history expansion). Its tid is the
+    shell's pid: readline runs on the shell's one thread."""
 
-    json_type: ClassVar[str] = "bash"
-
-    timestamp_ns: int
-    pid: int
-    uid: int
-    comm: str
     line: bytes
     truncated: bool
+
+    json_type: ClassVar[str] = "bash"
 
     def text_line(self) -> str:
         text = self.line.decode("utf-8", "backslashreplace")
@@ -72,6 +69,7 @@ class BashModule(Module):
     aliases = ("readline",)
     help = "capture the command lines interactive shells read with readline()"
     source = "bash.c"
+    header = "bash.h"
     options = (
         Option(("--bash",), "bash", "the shell binary, or a libreadline.so, to attach to "
                "(default: $SHELL if it is bash, else bash on PATH)", metavar="PATH"),
@@ -80,8 +78,7 @@ class BashModule(Module):
         Option(("-u", "--uid"), "uid", "capture only this user id",
                type=non_negative_int, metavar="UID"),
     )
-    maps = (EventMap("events", {EVENT_BASH_READLINE: ("bash_readline_event_t",
-                                                      bash_readline_event_t)}),)
+    maps = (EventMap("events", {EVENT_BASH_READLINE: BASH_READLINE}),)
 
     def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
@@ -113,7 +110,7 @@ class BashModule(Module):
         self.targets = [Target(path, None, build_id(path))]
 
     # -- kernel side ---------------------------------------------------------------
-    def probes(self) -> list[Probe]:
+    def probes(self, features: Features) -> list[Probe]:
         return [Probe("uretprobe", READLINE, "bash_readline_return", self.binary)]
 
     def cflags(self, features: Features) -> list[str]:
@@ -137,9 +134,6 @@ class BashModule(Module):
         if f["line_len"] >= BASH_LINE_MAX or end > len(data):
             raise DecodeError(f"bash_readline_event_t claims {f['line_len']} line bytes, "
                               f"{len(data) - size} present")
-        return BashLine(timestamp_ns=f["timestamp_ns"], pid=f["pid"], uid=f["uid"],
-                        comm=comm_str(f["comm"]), line=data[size:end],
+        return BashLine(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],
+                        uid=f["uid"], comm=comm_str(f["comm"]), line=data[size:end],
                         truncated=bool(f["truncated"]))
-
-    def dispatch(self, event: Any) -> Iterable[Any]:
-        yield event  # one line is one event: nothing to join or pair

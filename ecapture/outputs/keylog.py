@@ -4,10 +4,9 @@ so Wireshark can read the file while the capture runs."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from ecapture.events import Event, KeyLogEntry
 from ecapture.privatefile import open_private
-from ecapture.tlskeys import MasterSecret
 
 
 class KeylogOutput:
@@ -17,16 +16,19 @@ class KeylogOutput:
         self._seen: set[str] = set()
         self._file = os.fdopen(open_private(path, "key log"), "w", encoding="ascii")
 
-    def write(self, event: Any) -> None:
-        if not isinstance(event, MasterSecret):
+    def write(self, event: Event) -> None:
+        if not isinstance(event, KeyLogEntry):
             return
-        new = [line for line in event.keylog_lines() if line not in self._seen]
-        if not new:
+        line = event.line
+        if line in self._seen:
             return
-        self._seen.update(new)
-        self._file.write("".join(f"{line}\n" for line in new))
+        self._seen.add(line)
+        self._file.write(f"{line}\n")
         self._file.flush()
-        self.lines += len(new)
+        self.lines += 1
+
+    def summary(self) -> str:
+        return f"keylog: {self.lines:,} lines written to {self.path}"
 
     def close(self) -> None:
         if not self._file.closed:

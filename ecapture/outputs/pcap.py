@@ -14,14 +14,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-from collections.abc import Callable
-from typing import Any
 
-from ecapture.events import Packet
+from ecapture.events import Event, KeyLogEntry, Packet
 from ecapture.outputs.pcapng import PcapngWriter
-from ecapture.packetfilter import compile_filter
+from ecapture.packetfilter import compile_matcher
 from ecapture.privatefile import open_private
-from ecapture.tlskeys import MasterSecret
 
 HOLD_NS = 2_000_000_000
 LINKTYPE_ETHERNET = 1  # loopback too: Linux gives lo frames an all-zero Ethernet header
@@ -32,20 +29,23 @@ class PcapOutput:
                  filter_expr: str | None = None):
         self.path = path
         self.clock_offset_ns = clock_offset_ns
-        self.accept: Callable[[bytes], bool] = compile_filter(filter_expr or "")
+        # None: the kernel already applied the filter (or there is none).
+        self.accept = compile_matcher(filter_expr) if filter_expr else None
         self.packets = 0
+        self.secrets = 0
         # It holds TLS secrets: readable by the owner only, like recordings.
         self._file = os.fdopen(open_private(path, "pcapng file"), "wb")
         self._writer = PcapngWriter(self._file, [(ifname or "any", LINKTYPE_ETHERNET)])
         self._held: list[tuple[int, int, Packet]] = []  # heap by timestamp
         self._seq = itertools.count()
+        self._secrets: list[str] = []  # key log lines for the next Decryption Secrets Block
 
-    def write(self, event: Any) -> None:
-        if isinstance(event, MasterSecret):
-            self._writer.add_secrets(event.keylog_lines())
-            self._writer.flush()
+    def write(self, event: Event) -> None:
+        if isinstance(event, KeyLogEntry):
+            # Gathered into one block, written before the next packets go out.
+            self._secrets.append(event.line)
         elif isinstance(event, Packet):
-            if not self.accept(event.data):
+            if self.accept is not None and not self.accept(event.data, event.length):
                 return
             heapq.heappush(self._held, (event.timestamp_ns, next(self._seq), event))
             self._release(event.timestamp_ns - HOLD_NS)
@@ -56,6 +56,11 @@ class PcapOutput:
 
     def _release(self, upto: int) -> None:
         wrote = False
+        if self._secrets:
+            self._writer.add_secrets(self._secrets)
+            self.secrets += len(self._secrets)
+            self._secrets = []
+            wrote = True
         while self._held and self._held[0][0] <= upto:
             packet = heapq.heappop(self._held)[2]
             self._writer.add_packet(0, packet.timestamp_ns + self.clock_offset_ns, packet.data,
@@ -64,6 +69,10 @@ class PcapOutput:
             wrote = True
         if wrote:
             self._writer.flush()
+
+    def summary(self) -> str:
+        return (f"pcap: {self.packets:,} packets and {self.secrets:,} key log lines written "
+                f"to {self.path}")
 
     def close(self) -> None:
         if self._file.closed:

@@ -1,12 +1,14 @@
 """Raw records and the .ecap recording format.
 
 A :class:`Record` is exactly what one eBPF program handed user space: raw bytes, which map
-they came from, the CPU, and when user space received them. Nothing here decodes payloads;
-this package only frames, stores and reads them back. I/O is limited to the file object the
-caller hands in.
+they came from, the CPU, and when user space received them; a :class:`Lost` counts what the
+kernel dropped; a :class:`Fact` is what the live layer learned from the running system.
+Nothing here decodes payloads; this package only frames, stores and reads them back. I/O
+is limited to the file object the caller hands in.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +29,19 @@ class Lost:
     cpu: int
     recv_ns: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """What the live layer learned from the running system for a module, not from its
+    probes (e.g. the 4-tuple of a socket older than the capture, read from /proc): recorded
+    as a record of its own kind so that replay needs no live system, and so that a reader
+    can tell it from what the kernel sent. ``recv_ns`` is when it was learned."""
+
+    map_id: int
+    recv_ns: int
+    what: str
+    fields: dict[str, Any]
+
+
+Item = Record | Lost | Fact

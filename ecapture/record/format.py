@@ -33,7 +33,7 @@ import construct as cs
 MAGIC = b"\x89ECAP\r\n\x1a\n"
 # Version of this byte layout; bumped only when the layout or metadata meaning changes, never
 # with the package version. Older versions are upgraded by record.migrate.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Frame sync marker. As bytes (17 5a ec a3) it contains two non-ASCII bytes and a control
 # character, so it is rare in text payloads, which are the bulk of what gets captured.
 SYNC = 0xA3EC5A17
@@ -48,6 +48,7 @@ class FrameKind(enum.IntEnum):
     EVENT = 1  # payload: the raw bytes of one event
     LOST = 2  # payload: u64 number of events the kernel dropped
     END = 3  # payload: UTF-8 JSON summary, written only by a clean close
+    FACT = 4  # payload: UTF-8 JSON {"what": ..., fields...} (format 2 on)
 
 
 # Metadata keys written by the live layer and read by `info` (documentation, not enforced).

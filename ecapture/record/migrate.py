@@ -19,8 +19,17 @@ Metadata = dict[str, Any]
 
 OLDEST_VERSION = 1  # the first released format; nothing older ever existed
 
-# STEPS[N] turns version-N metadata into version-(N+1) metadata. Empty: 1 is the first.
-STEPS: dict[int, Callable[[Metadata], Metadata]] = {}
+
+
+def _v1_to_v2(metadata: Metadata) -> Metadata:
+    """Format 2 added FACT frames (what the live layer learned from /proc); version 1 files
+    have none (they recorded such lookups as forged kernel events, which still decode), so
+    their metadata means the same."""
+    return metadata
+
+
+# STEPS[N] turns version-N metadata into version-(N+1) metadata.
+STEPS: dict[int, Callable[[Metadata], Metadata]] = {1: _v1_to_v2}
 
 
 def check_version(version: int) -> None:

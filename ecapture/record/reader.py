@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from ecapture.errors import RecordFormatError
-from ecapture.record import Lost, Record
+from ecapture.record import Fact, Item, Lost, Record
 from ecapture.record.format import (
     CRC_CODEC,
     FRAME_HEAD_CODEC,
@@ -41,6 +41,7 @@ from ecapture.record.migrate import check_version, migrate
 CHUNK = 1024 * 1024
 
 _EVENT, _LOST, _END = int(FrameKind.EVENT), int(FrameKind.LOST), int(FrameKind.END)
+_FACT = int(FrameKind.FACT)
 _KINDS = frozenset(int(k) for k in FrameKind)
 # Verdicts on "is there a frame at this offset?"
 _VALID, _BAD, _SHORT = 0, 1, 2  # _SHORT: it might be one, but the file ends first
@@ -222,13 +223,13 @@ class Reader:
         except RecordFormatError as e:
             raise self._fail(str(e)) from None
 
-    def __iter__(self) -> Iterator[Record | Lost]:
+    def __iter__(self) -> Iterator[Item]:
         if self._iterated:
             raise RuntimeError("a Reader can be iterated only once")
         self._iterated = True
         return self._items()
 
-    def _items(self) -> Iterator[Record | Lost]:
+    def _items(self) -> Iterator[Item]:
         w = _Window(self._file, self._data_start)
         try:
             yield from self._frames(w)
@@ -236,7 +237,7 @@ class Reader:
             raise self._fail(f"read error: {e.strerror or e}") from e
         self.bytes_read = w.end
 
-    def _frames(self, w: _Window) -> Iterator[Record | Lost]:
+    def _frames(self, w: _Window) -> Iterator[Item]:
         st = self.status
         off = w.base
         while True:
@@ -250,6 +251,9 @@ class Reader:
                     yield Record(map_id, cpu, recv_ns, w.data[at : at + length])
                 elif kind == _LOST and length == LOST_CODEC.size:
                     yield Lost(map_id, cpu, recv_ns, LOST_CODEC.unpack_from(w.data, at)[0])
+                elif kind == _FACT and self.format_version >= 2 and \
+                        (fact := _fact(map_id, recv_ns, w.data[at : at + length])):
+                    yield fact
                 elif kind == _END:
                     st.clean_end = True
                     st.summary = _summary(w.data[at : at + length])
@@ -306,3 +310,15 @@ def _summary(payload: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+def _fact(map_id: int, recv_ns: int, payload: bytes) -> Fact | None:
+    """A FACT frame's JSON; None (counted as a damaged frame) when it is not one."""
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("what"), str):
+        return None
+    what = body.pop("what")
+    return Fact(map_id, recv_ns, what, body)

@@ -1,4 +1,4 @@
-"""Append Record and Lost items to a new .ecap file.
+"""Append Record, Lost and Fact items to a new .ecap file.
 
 Layer rule: pure framing over one file descriptor; no decoding of payloads. The caller owns
 the policy of when to flush (the live layer flushes after every poll batch, so a kill -9
@@ -17,7 +17,7 @@ from typing import Any
 
 from ecapture.errors import RecordWriteError
 from ecapture.privatefile import open_private
-from ecapture.record import Lost, Record
+from ecapture.record import Fact, Item, Lost, Record
 from ecapture.record.format import LOST_CODEC, FrameKind, encode_frame, encode_header
 
 # Flush on our own once this much is buffered, so that a caller that never flushes does not
@@ -44,7 +44,9 @@ class Writer:
         self._clock = clock  # injectable so fixtures are byte-for-byte reproducible
         self._buf = bytearray()
         self._events: Counter[int] = Counter()
+        self._bytes: Counter[int] = Counter()
         self._lost: Counter[int] = Counter()
+        self._facts = 0
         self._closed = False
         self._failed = False
         # Serialize first: unserializable metadata must not leave an empty file behind.
@@ -60,11 +62,21 @@ class Writer:
         return self._events
 
     @property
+    def bytes(self) -> Mapping[int, int]:
+        """Event payload bytes written so far, per map_id."""
+        return self._bytes
+
+    @property
+    def facts(self) -> int:
+        """Facts (what the live layer learned from the system) written so far."""
+        return self._facts
+
+    @property
     def lost(self) -> Mapping[int, int]:
         """Events reported lost so far, per map_id."""
         return self._lost
 
-    def write(self, item: Record | Lost) -> None:
+    def write(self, item: Item) -> None:
         """Append one frame (buffered). Raises ValueError for a field out of range."""
         self._check_usable()
         if isinstance(item, Record):
@@ -72,6 +84,12 @@ class Writer:
                 FrameKind.EVENT, item.map_id, item.cpu, item.recv_ns, item.data
             )
             self._events[item.map_id] += 1
+            self._bytes[item.map_id] += len(item.data)
+        elif isinstance(item, Fact):
+            body = {"what": item.what, **item.fields}
+            payload = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+            self._buf += encode_frame(FrameKind.FACT, item.map_id, 0, item.recv_ns, payload)
+            self._facts += 1
         elif isinstance(item, Lost):
             if not 0 <= item.count < 2**64:
                 raise ValueError(f"lost count out of range: {item.count}")
@@ -79,7 +97,7 @@ class Writer:
             self._buf += encode_frame(FrameKind.LOST, item.map_id, item.cpu, item.recv_ns, payload)
             self._lost[item.map_id] += item.count
         else:
-            raise TypeError(f"expected Record or Lost, got {type(item).__name__}")
+            raise TypeError(f"expected Record, Lost or Fact, got {type(item).__name__}")
         if len(self._buf) >= _FLUSH_AT:
             self.flush()
 
@@ -109,7 +127,9 @@ class Writer:
                 summary = dict(summary_extra or {})
                 # Our counts go last so that the summary always tells the truth about them.
                 summary["events"] = {str(k): v for k, v in sorted(self._events.items())}
+                summary["bytes"] = {str(k): v for k, v in sorted(self._bytes.items())}
                 summary["lost"] = {str(k): v for k, v in sorted(self._lost.items())}
+                summary["facts"] = self._facts
                 now = self._clock()
                 summary["end_monotonic_ns"] = now
                 payload = json.dumps(summary, ensure_ascii=False, allow_nan=False).encode()

@@ -13,6 +13,11 @@ C declaration (kern/bash.h)::
 
 import construct as cs
 
+from ecapture.structs.layout import KernelStruct
+
+HEADER = "bash.h"
+# Kinds are numbered per event map; bash's one kind keeps the number its first recordings
+# used, when every module shared one enum.
 EVENT_BASH_READLINE = 5
 BASH_LINE_MAX = 1024
 
@@ -28,5 +33,6 @@ bash_readline_event_t = cs.Struct(
     "line" / cs.Bytes(cs.this.line_len),
 )
 
-# name -> declaration, for layout tests, fingerprints and strategies
-STRUCTS = {"bash_readline_event_t": bash_readline_event_t}
+BASH_READLINE = KernelStruct("bash_readline_event_t", HEADER, bash_readline_event_t,
+                             "BASH_EVENT_READLINE")
+STRUCTS = {BASH_READLINE.name: BASH_READLINE}

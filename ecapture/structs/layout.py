@@ -17,6 +17,21 @@ import construct as cs
 
 
 @dataclass(frozen=True)
+class KernelStruct:
+    """A struct that crosses from kernel to user space: its C name, the kern/ header that
+    declares it, and its construct declaration (same field names, order and offsets)."""
+
+    name: str
+    header: str
+    decl: cs.Struct
+    kind: str  # the C constant its first field carries, e.g. "TLS_EVENT_DATA"
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.name, self.decl)
+
+
+@dataclass(frozen=True)
 class Field:
     name: str
     offset: int

@@ -64,5 +64,5 @@ def module_events(module_cls: Any, max_tail: int = 256) -> st.SearchStrategy[tup
     def tagged(map_name: str, decl: cs.Struct, kind: int) -> st.SearchStrategy[tuple[str, bytes]]:
         return st.tuples(st.just(map_name), event_bytes(decl, max_tail, kind=kind))
 
-    return st.one_of([tagged(m.name, decl, kind)
-                      for m in module_cls.maps for kind, (_, decl) in m.structs.items()])
+    return st.one_of([tagged(m.name, ks.decl, kind)
+                      for m in module_cls.maps for kind, ks in m.structs.items()])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from live_helpers import PROGRAMS, Server, _free_port, _wait_port, nghttpd, run_client
 
-from ecapture.events import SslData
+from ecapture.events import TlsData
 from ecapture.streams import HttpExchange
 from ecapture.testing.replay import replay_events
 
@@ -34,7 +34,7 @@ def test_curl_against_openssl_s_server(capture,
     out = subprocess.run(["curl", "-sk", "--http1.1", f"https://127.0.0.1:{s_server}/"],
                          check=True, capture_output=True, timeout=30).stdout
     cap.stop()
-    events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
+    events = [e for e in replay_events(cap.record) if isinstance(e, TlsData)]
     curl = [e for e in events if e.comm == "curl"]
     assert [e.direction for e in curl][:1] == ["write"]
     assert curl[0].data.startswith(b"GET / HTTP/1.1\r\n")
@@ -51,7 +51,7 @@ def test_python_client_uploads_one_mib(capture,
     cap = capture()
     run_client(https_server.port, "upload", str(size))
     cap.stop()
-    events = [e for e in replay_events(cap.record) if isinstance(e, SslData)]
+    events = [e for e in replay_events(cap.record) if isinstance(e, TlsData)]
     assert sum(1 for e in events if e.data == pattern(size)) == 1
     cap.save_fixture("tls/python_upload_1mib", MODELS)
 

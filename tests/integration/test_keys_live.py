@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from live_helpers import PROGRAMS, ROOT, Server
 
+from ecapture.events import KeyLogEntry
 from ecapture.testing.replay import replay_events
-from ecapture.tlskeys import MasterSecret
 
 pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
 
@@ -88,8 +88,8 @@ def test_key_events_are_recorded(capture, keyed_server) -> None:
     subprocess.run(["curl", "-sk", f"https://127.0.0.1:{server.port}/r"], check=True,
                    capture_output=True, timeout=30)
     cap.stop()
-    secrets = [e for e in replay_events(cap.record) if isinstance(e, MasterSecret)]
+    secrets = [e for e in replay_events(cap.record) if isinstance(e, KeyLogEntry)]
     assert "curl" in {s.comm for s in secrets}
     assert server.pid in {s.pid for s in secrets}
     assert len({s.client_random for s in secrets}) == 1  # one connection, seen from both ends
-    assert set().union(*(s.keylog_lines() for s in secrets)) >= lines(server_log)
+    assert {s.line for s in secrets} >= lines(server_log)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from live_helpers import PROGRAMS, ROOT, Server, replay, run_client, unprivileged_python
 
-from ecapture.events import SslData
+from ecapture.events import TlsData
 from ecapture.live.prereq import has_ringbuf
-from ecapture.structs.openssl import SSL_CHUNK_SIZE
+from ecapture.structs.tls import TLS_CHUNK_SIZE as SSL_CHUNK_SIZE
 from ecapture.testing.replay import replay_events
 
 sys.path.insert(0, str(PROGRAMS))
@@ -29,10 +29,10 @@ pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libs
 PRIME = 23
 
 
-def data_events(path: Path | None, pid: int | None = None) -> list[SslData]:
+def data_events(path: Path | None, pid: int | None = None) -> list[TlsData]:
     assert path is not None
     return [e for e in replay_events(path)
-            if isinstance(e, SslData) and (pid is None or e.pid == pid)]
+            if isinstance(e, TlsData) and (pid is None or e.pid == pid)]
 
 
 @pytest.mark.parametrize("buffer", ["auto", "perf"])

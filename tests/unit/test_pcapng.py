@@ -203,9 +203,9 @@ def test_pcap_model_orders_packets_and_puts_secrets_first(tmp_path) -> None:  # 
     from ecapture.outputs.pcap import HOLD_NS, PcapOutput
     from ecapture.tlskeys import MasterSecret
 
-    def packet(ts: int, sport: int) -> Packet:
-        frame = ipv4_tcp_frame(sport, 443, b"x")
-        return Packet(timestamp_ns=ts, ifindex=1, direction="egress", length=len(frame),
+    def packet(ts: int, sport: int, dport: int = 443) -> Packet:
+        frame = ipv4_tcp_frame(sport, dport, b"x")
+        return Packet(ts, 0, 0, 0, "", ifindex=1, direction="egress", length=len(frame),
                       data=frame)
 
     keys = MasterSecret(timestamp_ns=50, pid=1, comm="c", ssl=1, version=0x0303, cipher_id=0,
@@ -215,13 +215,12 @@ def test_pcap_model_orders_packets_and_puts_secrets_first(tmp_path) -> None:  # 
                         server_app_traffic_secret=bytes(64), exporter_master_secret=bytes(64))
     path = tmp_path / "out.pcapng"
     out = PcapOutput(str(path), clock_offset_ns=1_000, ifname="lo", filter_expr="port 443")
-    for ev in (packet(30, 1003), packet(10, 1001), packet(20, 1002), keys):
+    for ev in (packet(30, 1003), packet(10, 1001), packet(20, 1002), *keys.entries()):
         out.write(ev)
     out.tick(20 + HOLD_NS)  # releases the packets at 10 and 20, not the one at 30
     assert out.packets == 2
     out.write(packet(40, 1004))
-    out.write(Packet(timestamp_ns=41, ifindex=1, direction="egress", length=60,
-                     data=ipv4_tcp_frame(1005, 80, b"y")))  # filtered out: port 80
+    out.write(packet(41, 1005, 80))  # filtered out: port 80
     out.close()
     blocks = read_blocks(path.read_bytes())
     kinds = [b.type for b in blocks]

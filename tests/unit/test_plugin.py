@@ -76,11 +76,11 @@ def test_recording_and_golden_fixtures(pytester: pytest.Pytester) -> None:
     pytester.makeini(f"[pytest]\necapture_recordings = {RECORDINGS}\n")
     expected = pytester.path / "curl.expected.txt"
     pytester.makepyfile(f"""
-        from ecapture.events import SslData
+        from ecapture.events import TlsData
 
         def test_replay(recording, golden):
             rec = recording("tls/curl_http11")
-            data = [e for e in rec.events() if isinstance(e, SslData)]
+            data = [e for e in rec.events() if isinstance(e, TlsData)]
             assert data and data[0].data.startswith(b"GET / HTTP/1.1")
             golden.check(rec.text(), {str(expected)!r})
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecapture.errors import RecordFormatError
-from ecapture.record import Lost, Record
+from ecapture.record import Fact, Lost, Record
 from ecapture.record import reader as reader_mod
 from ecapture.record.format import (
     FORMAT_VERSION,
@@ -35,6 +35,7 @@ from ecapture.record.writer import Writer
 
 ROOT = Path(__file__).resolve().parents[2]
 V1_FIXTURE = ROOT / "fixtures" / "recordings" / "format" / "v1.ecap"
+V2_FIXTURE = ROOT / "fixtures" / "recordings" / "format" / "v2.ecap"
 META = {"tool": "ecapture", "maps": [{"id": 0, "module": "m", "name": "events"}], "é": "ü"}
 
 records = st.builds(
@@ -51,8 +52,26 @@ losts = st.builds(
     recv_ns=st.integers(0, 2**64 - 1),
     count=st.integers(0, 2**64 - 1),
 )
-item_lists = st.lists(st.one_of(records, losts), max_size=25)
-Item = Record | Lost
+json_values = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=20), st.booleans(),
+                        st.none())
+facts = st.builds(
+    Fact,
+    map_id=st.integers(0, 2**16 - 1),
+    recv_ns=st.integers(0, 2**64 - 1),
+    what=st.text(min_size=1, max_size=10),
+    fields=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "what"), json_values,
+                           max_size=4),
+)
+item_lists = st.lists(st.one_of(records, losts, facts), max_size=25)
+Item = Record | Lost | Fact
+
+
+def _frame_payload(item: Item) -> int:
+    if isinstance(item, Record):
+        return len(item.data)
+    if isinstance(item, Fact):
+        return len(json.dumps({"what": item.what, **item.fields}, ensure_ascii=False).encode())
+    return 8
 
 
 def recording(items: Sequence[Item], metadata: dict[str, Any] = META) -> bytes:
@@ -70,8 +89,7 @@ def frame_ends(items: Sequence[Item], metadata: dict[str, Any] = META) -> list[i
     meta = json.dumps(metadata, ensure_ascii=False).encode()
     ends = [len(encode_header(meta))]
     for item in items:
-        size = len(item.data) if isinstance(item, Record) else 8
-        ends.append(ends[-1] + FRAME_OVERHEAD + size)
+        ends.append(ends[-1] + FRAME_OVERHEAD + _frame_payload(item))
     return ends
 
 
@@ -97,10 +115,20 @@ def test_round_trip(items: list[Item]) -> None:
         clean_end=True,
         summary={
             "events": _counts(items, Record),
+            "bytes": {k: v for k, v in _bytes(items).items()},
             "lost": _counts(items, Lost),
+            "facts": sum(isinstance(i, Fact) for i in items),
             "end_monotonic_ns": 42,
         },
     )
+
+
+def _bytes(items: Sequence[Item]) -> dict[str, int]:
+    out: dict[int, int] = {}
+    for i in items:
+        if isinstance(i, Record):
+            out[i.map_id] = out.get(i.map_id, 0) + len(i.data)
+    return {str(k): v for k, v in sorted(out.items())}
 
 
 def _counts(items: Sequence[Item], kind: type) -> dict[str, int]:
@@ -382,9 +410,38 @@ def test_fixture_script_reproduces_the_committed_file() -> None:
     assert _fixture_script().build() == V1_FIXTURE.read_bytes()
 
 
-@pytest.mark.skipif(FORMAT_VERSION != 1, reason="the writer now writes a newer format")
-def test_writer_writes_exactly_v1(tmp_path: Path) -> None:
-    script = _fixture_script()
+def test_format_v2_fixture_readable() -> None:
+    r = Reader(V2_FIXTURE)
+    assert r.format_version == 2
+    items = list(r)
+    assert isinstance(items[0], Fact) and items[0].what == "socket"
+    assert items[0].fields["pid"] == 42 and "what" not in items[0].fields
+    assert items[1:] == [
+        Record(0, 0xFFFFFFFF, 1_000_000_000, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"),
+        Record(1, 3, 1_000_500_000, bytes(range(256))),
+        Lost(0, 0xFFFFFFFF, 1_002_000_000, 7),
+    ]
+    assert r.status.clean_end and r.status.summary is not None
+    assert r.status.summary["facts"] == 1
+
+
+def _fixture_script_v2() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "make_format_fixture_v2", Path(__file__).with_name("make_format_fixture_v2.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fixture_script_v2_reproduces_the_committed_file() -> None:
+    assert _fixture_script_v2().build() == V2_FIXTURE.read_bytes()
+
+
+def test_writer_writes_exactly_v2(tmp_path: Path) -> None:
+    assert FORMAT_VERSION == 2, "a new format version needs its own fixture and this test"
+    script = _fixture_script_v2()
     path = tmp_path / "w.ecap"
     with Writer(path, script.METADATA, clock=lambda: 1_004_000_000) as w:
         for kind, map_id, cpu, recv_ns, payload in script.FRAMES:
@@ -392,4 +449,19 @@ def test_writer_writes_exactly_v1(tmp_path: Path) -> None:
                 w.write(Record(map_id, cpu, recv_ns, payload))
             elif kind == FrameKind.LOST:
                 w.write(Lost(map_id, cpu, recv_ns, int.from_bytes(payload, "little")))
-    assert path.read_bytes() == V1_FIXTURE.read_bytes()
+            elif kind == FrameKind.FACT:
+                body = json.loads(payload)
+                w.write(Fact(map_id, recv_ns, body.pop("what"), body))
+        w.close({"capture": "stopped"})
+    assert path.read_bytes() == V2_FIXTURE.read_bytes()
+
+
+def test_fact_frames_in_a_v1_file_are_damage() -> None:
+    """Version 1 had no FACT frames: in a v1 file such a frame is skipped as corrupt."""
+    meta = json.dumps(META).encode()
+    raw = (encode_header(meta, version=1)
+           + encode_frame(FrameKind.FACT, 0, 0, 1, b'{"what": "socket"}')
+           + encode_frame(FrameKind.EVENT, 0, 0, 2, b"x"))
+    items, status = read(raw)
+    assert items == [Record(0, 0, 2, b"x")]
+    assert status.corrupt_frames == 1

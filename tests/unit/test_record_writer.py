@@ -89,7 +89,9 @@ def test_counts_and_summary(tmp_path: Path) -> None:
     assert r.status.summary == {
         "reason": "signal",
         "events": {"0": 1, "1": 2},
+        "bytes": {"0": 1, "1": 2},
         "lost": {"1": 7},
+        "facts": 0,
         "end_monotonic_ns": 99,
     }
 

@@ -8,10 +8,11 @@ import io
 import json
 from dataclasses import replace
 
-from ecapture.events import Conn, SslData
+from ecapture.events import Conn, TlsData
+from ecapture.exchanges import HttpExchange
 from ecapture.filters import EventFilter, parse_when
 from ecapture.outputs.jsonl import JsonOutput
-from ecapture.streams import Conversations, HttpExchange
+from ecapture.streams import Conversations
 
 REQ = b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -23,10 +24,10 @@ def conn(kind: str = "connect", fd: int = 5, sock: int = 77, ts: int = 1) -> Con
                 rport=443)
 
 
-def data(direction: str, payload: bytes, ts: int, c: Conn | None, ssl: int = 0xA) -> SslData:
-    return SslData(timestamp_ns=ts, pid=10, tid=10, uid=0, comm="curl", fd=5, version=0x0304,
+def data(direction: str, payload: bytes, ts: int, c: Conn | None, ssl: int = 0xA) -> TlsData:
+    return TlsData(timestamp_ns=ts, pid=10, tid=10, uid=0, comm="curl", fd=5, version=0x0304,
                    direction=direction, func="SSL_write" if direction == "write" else "SSL_read",  # type: ignore[arg-type]
-                   ssl=ssl, data=payload, total_len=len(payload), conn=c)
+                   conn_id=ssl, data=payload, total_len=len(payload), conn=c)
 
 
 def run(events: list[object], reorder_ns: int = 0) -> list[object]:

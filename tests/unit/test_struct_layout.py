@@ -1,4 +1,6 @@
-"""C layout parity: every construct declaration against the C compiler's offsetof/sizeof.
+"""C layout parity, driven by the registry: every struct on every map of every registered
+module against the C compiler's offsetof/sizeof, and every kind number against the C
+constant that names it. A registered module without its kern/ files fails here too.
 
 The kern/ headers are compiled by the host C compiler into a tiny program that prints each
 field's offset and size, so a field added, removed or reordered on either side fails here.
@@ -12,37 +14,41 @@ from pathlib import Path
 
 import pytest
 
-from ecapture.structs import bash as bash_structs
+from ecapture import modules
 from ecapture.structs import layout
-from ecapture.structs import openssl as openssl_structs
+from ecapture.structs.bash import BASH_LINE_MAX
+from ecapture.structs.layout import KernelStruct
+from ecapture.structs.packets import PACKET_CHUNK_SIZE
+from ecapture.structs.tls import TLS_CHUNK_SIZE
 
 KERN = Path(__file__).resolve().parents[2] / "kern"
 
-# (header, C struct name, construct declaration)
-CASES = [
-    *(("openssl.h", name, decl) for name, decl in openssl_structs.STRUCTS.items()),
-    *(("bash.h", name, decl) for name, decl in bash_structs.STRUCTS.items()),
-]
+# Every (kind number, struct) of every map of every registered module, once.
+CASES: dict[tuple[str, int], KernelStruct] = {
+    (ks.name, kind): ks
+    for module in modules.MODULES for m in module.maps for kind, ks in m.structs.items()}
 
 
-def c_layout(tmp_path: Path, header: str, struct: str, fields: list[str]) -> dict[str, int]:
+def compile_and_run(tmp_path: Path, header: str, body: list[str]) -> str:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.fail("no C compiler: install gcc (the layout test is not optional)")
-    lines = [f'#include "{header}"', "#include <stdio.h>", "#include <stddef.h>",
-             "int main(void) {",
-             f'  printf("sizeof %zu\\n", sizeof(struct {struct}));']
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join([f'#include "{header}"', "#include <stdio.h>",
+                              "#include <stddef.h>", "int main(void) {", *body,
+                              "  return 0;", "}"]) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run([cc, "-I", str(KERN), "-o", str(exe), str(src)], check=True)
+    return subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+
+
+def c_layout(tmp_path: Path, header: str, struct: str, fields: list[str]) -> dict[str, int]:
+    lines = [f'  printf("sizeof %zu\\n", sizeof(struct {struct}));']
     for f in fields:
         lines.append(f'  printf("{f} %zu %zu\\n", offsetof(struct {struct}, {f}), '
                      f"sizeof(((struct {struct} *)0)->{f}));")
-    lines += ["  return 0;", "}"]
-    src = tmp_path / "layout.c"
-    src.write_text("\n".join(lines) + "\n")
-    exe = tmp_path / "layout"
-    subprocess.run([cc, "-I", str(KERN), "-o", str(exe), str(src)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     result: dict[str, int] = {}
-    for line in out.splitlines():
+    for line in compile_and_run(tmp_path, header, lines).splitlines():
         parts = line.split()
         if parts[0] == "sizeof":
             result["sizeof"] = int(parts[1])
@@ -52,48 +58,47 @@ def c_layout(tmp_path: Path, header: str, struct: str, fields: list[str]) -> dic
     return result
 
 
-@pytest.mark.parametrize(("header", "struct", "decl"), CASES, ids=[c[1] for c in CASES])
-def test_layout_matches_c(tmp_path: Path, header: str, struct: str, decl: object) -> None:
-    fields = layout(decl)  # type: ignore[arg-type]
-    c = c_layout(tmp_path, header, struct, [f.name for f in fields])
+@pytest.mark.parametrize("module", modules.MODULES, ids=lambda m: m.name)
+def test_every_module_has_its_kern_files(module: type[modules.Module]) -> None:
+    for name in (module.source, module.header):
+        assert (KERN / name).is_file(), f"{module.name}: kern/{name} is missing"
+    assert module.maps, f"{module.name} declares no event maps"
+    for m in module.maps:
+        assert m.structs, f"{module.name}/{m.name} declares no structs"
+
+
+@pytest.mark.parametrize("ks", CASES.values(), ids=[f"{n}-{k}" for n, k in CASES])
+def test_layout_matches_c(tmp_path: Path, ks: KernelStruct) -> None:
+    assert (KERN / ks.header).is_file(), f"{ks.name}: kern/{ks.header} is missing"
+    fields = layout(ks.decl)
+    c = c_layout(tmp_path, ks.header, ks.name, [f.name for f in fields])
     for f in fields:
-        assert c[f.name] == f.offset, f"{struct}.{f.name}: C offset {c[f.name]}, ours {f.offset}"
+        assert c[f.name] == f.offset, f"{ks.name}.{f.name}: C offset {c[f.name]}, ours {f.offset}"
         if f.size is not None:
-            assert c[f.name + ".size"] == f.size, f"{struct}.{f.name}: size differs"
+            assert c[f.name + ".size"] == f.size, f"{ks.name}.{f.name}: size differs"
     last = fields[-1]
     if last.size is None:
-        # Variable-length tail: the C array is the maximum, sent only up to data_len.
+        # Variable-length tail: the C array is the maximum, sent only up to its length.
         assert c["sizeof"] == last.offset + c[last.name + ".size"]
     else:
-        assert c["sizeof"] == last.offset + last.size, f"{struct}: sizeof differs (padding?)"
+        assert c["sizeof"] == last.offset + last.size, f"{ks.name}: sizeof differs (padding?)"
 
 
-def test_chunk_size_matches_header(tmp_path: Path) -> None:
-    c = c_layout(tmp_path, "openssl.h", "ssl_data_event_t", ["data"])
-    assert c["data.size"] == openssl_structs.SSL_CHUNK_SIZE
+@pytest.mark.parametrize(("ks", "kind"), [(ks, kind) for (_, kind), ks in CASES.items()],
+                         ids=[f"{n}-{k}" for n, k in CASES])
+def test_kind_matches_c(tmp_path: Path, ks: KernelStruct, kind: int) -> None:
+    """The kind every event starts with: the number a map declares against the C constant
+    the program writes, so a renumbering on one side fails here, not as decode errors."""
+    out = compile_and_run(tmp_path, ks.header, [f'  printf("%d\\n", (int){ks.kind});'])
+    assert int(out) == kind, f"{ks.name}: {ks.kind} is {out.strip()} in C, {kind} here"
 
 
-def test_bash_line_max_matches_header(tmp_path: Path) -> None:
-    c = c_layout(tmp_path, "bash.h", "bash_readline_event_t", ["line"])
-    assert c["line.size"] == bash_structs.BASH_LINE_MAX
-
-
-def test_event_kinds_match_header(tmp_path: Path) -> None:
-    """The kind every event starts with: kern/ecapture.h's enum against the Python constants
-    of every struct module, so a renumbering on one side fails here, not as decode errors."""
-    from ecapture.structs import openssl as o
-
-    kinds = {"ECAP_EVENT_SSL_DATA": o.EVENT_SSL_DATA, "ECAP_EVENT_CONN": o.EVENT_CONN,
-             "ECAP_EVENT_MASTER_SECRET": o.EVENT_MASTER_SECRET,
-             "ECAP_EVENT_PACKET": o.EVENT_PACKET,
-             "ECAP_EVENT_BASH_READLINE": bash_structs.EVENT_BASH_READLINE}
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc is not None
-    src = tmp_path / "kinds.c"
-    src.write_text('#include "ecapture.h"\n#include <stdio.h>\nint main(void) {\n'
-                   + "".join(f'  printf("{k} %d\\n", (int){k});\n' for k in kinds)
-                   + "  return 0;\n}\n")
-    subprocess.run([cc, "-I", str(KERN), "-o", str(tmp_path / "kinds"), str(src)], check=True)
-    out = subprocess.run([str(tmp_path / "kinds")], check=True, capture_output=True,
-                         text=True).stdout
-    assert dict(line.split() for line in out.splitlines()) == {k: str(v) for k, v in kinds.items()}
+@pytest.mark.parametrize(("header", "struct", "field", "size"), [
+    ("tls.h", "ssl_data_event_t", "data", TLS_CHUNK_SIZE),
+    ("packets.h", "packet_chunk_event_t", "data", PACKET_CHUNK_SIZE),
+    ("bash.h", "bash_readline_event_t", "line", BASH_LINE_MAX),
+])
+def test_tail_sizes_match_headers(tmp_path: Path, header: str, struct: str, field: str,
+                                  size: int) -> None:
+    c = c_layout(tmp_path, header, struct, [field])
+    assert c[f"{field}.size"] == size

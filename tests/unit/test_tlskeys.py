@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ecapture.errors import AttachError
+from ecapture.events import lost_notice
 from ecapture.modules.openssl import OpenSSLModule
 from ecapture.modules.openssl_offsets import key_offsets
 from ecapture.outputs.keylog import KeylogOutput
@@ -73,9 +74,9 @@ def test_keylog_output_dedups_and_is_private(tmp_path: Path) -> None:
     path.write_text("old\n")
     os.chmod(path, 0o644)
     out = KeylogOutput(str(path))
-    out.write(secret(0x0303))
-    out.write(secret(0x0303))  # the other side of the same connection
-    out.write("not a secret")
+    for entry in (*secret(0x0303).entries(), *secret(0x0303).entries()):
+        out.write(entry)  # the second: the other side of the same connection
+    out.write(lost_notice(0, "tls", "events", 1))  # not a secret: ignored
     out.close()
     assert path.read_text().splitlines() == secret(0x0303).keylog_lines()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -1,0 +1,347 @@
+"""The TLS family: what every TLS library module shares, written once.
+
+Kernel side: kern/tls.c (chunked plaintext, which socket a call used, connection tracking)
+and kern/packets.c (the TC program of the pcap model). Events: plaintext chunks
+(``ssl_data_event_t``) and connections (``conn_event_t``) on one buffer with the library's
+own structs; packet pieces on a second program's buffer. User side: decoding, joining
+chunks and packets, attaching connections, tuples from /proc, key-log entries.
+
+A library module subclasses :class:`TlsLibraryModule` and adds only what depends on the
+library: where it is and which version (``init``), its probes (``library_probes``), its
+knobs and struct offsets (``library_cflags``), and its own secrets struct
+(``library_structs``, ``decode_library``, ``dispatch_library``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from ecapture.assemble import ChunkJoiner, ConnTable, PacketChunk, PacketJoiner, TlsChunk
+from ecapture.errors import ConfigError, DecodeError
+from ecapture.events import (
+    AF_INET,
+    AF_INET6,
+    Conn,
+    ConnKind,
+    Event,
+    Fragment,
+    Packet,
+    TlsData,
+    addr_str,
+    comm_str,
+)
+from ecapture.modules.base import (
+    Decoded,
+    EventMap,
+    Features,
+    Module,
+    Observation,
+    Option,
+    Probe,
+    Program,
+    non_negative_int,
+)
+from ecapture.structs.layout import KernelStruct, header_codec
+from ecapture.structs.packets import (
+    EVENT_PACKET,
+    EVENT_PACKET_CHUNK,
+    PACKET,
+    PACKET_CHUNK,
+    PACKET_CHUNK_SIZE,
+)
+from ecapture.structs.tls import CONN, EVENT_CONN, EVENT_SSL_DATA, SSL_DATA, TLS_CHUNK_SIZE
+
+CONN_KINDS: dict[int, ConnKind] = {0: "connect", 1: "accept", 2: "close", 3: "proc"}
+CONN_CLOSE = 2
+MAX_CHUNKS = 256  # per call: 4 MiB of plaintext with 16 KiB chunks
+MAX_PACKET_CHUNKS = 32  # per packet: 512 KiB, more than any GSO packet
+
+FAMILY_OPTIONS = (
+    Option(("-p", "--pid"), "pid", "capture only this process id",
+           type=non_negative_int, metavar="PID"),
+    Option(("-u", "--uid"), "uid", "capture only this user id",
+           type=non_negative_int, metavar="UID"),
+    Option(("-i", "--ifname"), "ifname", "network interface whose packets -m pcap "
+           "captures (a TC classifier that only watches)", metavar="IFACE"),
+)
+
+# Which socket a call used and the 4-tuples: without syscall tracepoints where the kernel
+# allows (they would run a program on every syscall of the host), else with them.
+SOCKET_TRACEPOINTS = ("sock:sock_send_length", "sock:sock_recv_length",
+                      "sock:inet_sock_set_state")
+SYSCALL_TRACEPOINTS = (
+    *(f"syscalls:sys_enter_{s}" for s in ("write", "read", "sendto", "recvfrom", "sendmsg",
+                                          "recvmsg", "writev", "readv")),
+    "syscalls:sys_enter_connect", "syscalls:sys_exit_connect",
+    "syscalls:sys_enter_accept", "syscalls:sys_enter_accept4",
+    "syscalls:sys_exit_accept", "syscalls:sys_exit_accept4",
+    "sock:inet_sock_set_state",
+)
+
+# Just the fields the drain path needs, at their offsets (kern/tls.h): kind, pid, fd of a
+# data event; kind, pid, fd, family, conn of a connection event.
+_PEEK_DATA = struct.Struct("<II32xi")
+_PEEK_CONN = struct.Struct("<II24xiHB")
+
+
+def _tuple_fields(found: Any) -> dict[str, Any]:
+    return {"family": found.family, "laddr": found.laddr.hex(), "lport": found.lport,
+            "raddr": found.raddr.hex(), "rport": found.rport}
+
+
+class TlsLibraryModule(Module):
+    """Base of every TLS library module (see the module docstring)."""
+
+    family_source: ClassVar[str] = "tls.c"
+    header: ClassVar[str] = "tls.h"
+    models: ClassVar[tuple[str, ...]] = ("text", "json", "keylog", "pcap")
+    #: the library's own structs on the "events" map (e.g. OpenSSL's secrets), by kind
+    library_structs: ClassVar[Mapping[int, KernelStruct]] = {}
+    #: the library's function names, by the ``func`` number its kernel code sends
+    functions: ClassVar[Mapping[int, str]] = {}
+    maps: ClassVar[tuple[EventMap, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.maps = (
+            EventMap("events", {EVENT_SSL_DATA: SSL_DATA, EVENT_CONN: CONN,
+                                **cls.library_structs}),
+            # Kind 4 is how packets were recorded before they were sent in pieces.
+            EventMap("packets", {EVENT_PACKET: PACKET, EVENT_PACKET_CHUNK: PACKET_CHUNK},
+                     program="packets"),
+        )
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__(config)
+        self._data = header_codec(SSL_DATA.decl)
+        self._conn = header_codec(CONN.decl)
+        self._packet = header_codec(PACKET.decl)
+        self._packet_chunk = header_codec(PACKET_CHUNK.decl)
+        self._joiner = ChunkJoiner()
+        self._packets = PacketJoiner()
+        self._conns = ConnTable()
+        self._proc: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> tuple fields
+        self._seen_fds: set[tuple[int, int]] = set()  # observe(), live only
+
+    # -- configuration -------------------------------------------------------------
+    def check(self) -> None:
+        if self.config.get("capture_packets"):
+            ifname = self.config.get("ifname")
+            if not ifname:
+                raise ConfigError("-m pcap needs -i IFACE, the interface to capture on")
+            if not os.path.exists(f"/sys/class/net/{ifname}"):
+                raise ConfigError(f"-i {ifname}: no such network interface")
+        pid = self.config.get("pid")
+        if pid is not None and not os.path.exists(f"/proc/{pid}"):
+            raise ConfigError(f"--pid {pid}: no such process")
+
+    # -- what a library module provides ----------------------------------------------
+    def library_probes(self) -> list[Probe]:
+        raise NotImplementedError
+
+    def library_cflags(self) -> list[str]:
+        return []
+
+    def decode_library(self, kind: int, data: bytes) -> Decoded:
+        raise DecodeError(f"unknown event kind {kind} on map events")
+
+    def dispatch_library(self, fragment: Fragment) -> Iterable[Event]:
+        return iter(())
+
+    # -- kernel side ---------------------------------------------------------------
+    def probes(self, features: Features) -> list[Probe]:
+        tracepoints = SOCKET_TRACEPOINTS if features.socket_tracepoints else SYSCALL_TRACEPOINTS
+        return self.library_probes() + [
+            Probe("tracepoint", tp, "tracepoint__" + tp.replace(":", "__"))
+            for tp in tracepoints]
+
+    def cflags(self, features: Features) -> list[str]:
+        flags = [f"-DTLS_CHUNK_SIZE={TLS_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}",
+                 f"-DSOCKET_HOOKS={int(features.socket_tracepoints)}"]
+        if self.config.get("pid") is not None:
+            flags.append(f"-DTARGET_PID={self.config['pid']}")
+        if self.config.get("uid") is not None:
+            flags.append(f"-DTARGET_UID={self.config['uid']}")
+        return flags + self.library_cflags()
+
+    def programs(self, features: Features) -> list[Program]:
+        programs = [Program("main", (self.family_source, self.source),
+                            tuple(self.cflags(features)), tuple(self.probes(features)))]
+        ifname = self.config.get("ifname")
+        if self.config.get("capture_packets") and ifname:
+            # On loopback every packet leaves once and arrives once: egress sees each once.
+            hooks = ("egress",) if ifname == "lo" else ("ingress", "egress")
+            programs.append(Program(
+                "packets", ("packets.c",),
+                (f"-DPACKET_CHUNK_SIZE={PACKET_CHUNK_SIZE}",
+                 f"-DMAX_PACKET_CHUNKS={MAX_PACKET_CHUNKS}"),
+                tuple(Probe("tc", f"{ifname}:{hook}", f"tc_{hook}") for hook in hooks)))
+        return programs
+
+    # -- decode and dispatch ------------------------------------------------------
+    def decode(self, map_name: str, data: bytes) -> Decoded:
+        if len(data) < 4:
+            raise DecodeError(f"event of {len(data)} bytes is too short to carry a kind")
+        kind = int.from_bytes(data[:4], "little")
+        if map_name == "packets":
+            return self._decode_packet(kind, data)
+        if kind == EVENT_SSL_DATA:
+            return self._decode_data(data)
+        if kind == EVENT_CONN:
+            return self._decode_conn(data)
+        return self.decode_library(kind, data)
+
+    def _decode_data(self, data: bytes) -> TlsChunk:
+        size = self._data.size
+        if len(data) < size:
+            raise DecodeError(f"ssl_data_event_t has {len(data)} bytes, needs {size}")
+        (_, pid, ts, start_ns, conn_id, tid, uid, fd, version, total_len, offset, data_len,
+         direction, func, _, comm) = self._data.codec.unpack_from(data)
+        end = size + data_len
+        if data_len > TLS_CHUNK_SIZE or end > len(data):
+            raise DecodeError(f"ssl_data_event_t claims {data_len} data bytes, "
+                              f"{len(data) - size} present")
+        return TlsChunk(ts, pid, tid, uid, comm_str(comm), fd, version,
+                        "write" if direction == 1 else "read",
+                        self.functions.get(func, "?"), conn_id, total_len, start_ns, offset,
+                        data[size:end])
+
+    def _decode_conn(self, data: bytes) -> Conn:
+        if len(data) < self._conn.size:
+            raise DecodeError(f"conn_event_t has {len(data)} bytes, needs {self._conn.size}")
+        (_, pid, ts, sock, tid, uid, fd, family, conn, _, lport, rport, laddr, raddr,
+         comm, _) = self._conn.codec.unpack_from(data)
+        return Conn(ts, pid, tid, uid, comm_str(comm), CONN_KINDS.get(conn, "close"), fd, sock,
+                    family, addr_str(family, laddr), lport, addr_str(family, raddr), rport)
+
+    def _decode_packet(self, kind: int, data: bytes) -> PacketChunk:
+        if kind == EVENT_PACKET_CHUNK:
+            codec = self._packet_chunk
+            if len(data) < codec.size:
+                raise DecodeError(f"packet_chunk_event_t has {len(data)} bytes, needs "
+                                  f"{codec.size}")
+            (_, ifindex, ts, length, offset, data_len, direction,
+             _) = codec.codec.unpack_from(data)
+            if data_len > PACKET_CHUNK_SIZE or codec.size + data_len > len(data):
+                raise DecodeError(f"packet_chunk_event_t claims {data_len} bytes, "
+                                  f"{len(data) - codec.size} present")
+            return PacketChunk(ts, ifindex, "egress" if direction else "ingress", length,
+                               offset, data[codec.size:codec.size + data_len])
+        if kind == EVENT_PACKET:
+            codec = self._packet
+            if len(data) < codec.size:
+                raise DecodeError(f"packet_event_t has {len(data)} bytes, needs {codec.size}")
+            _, ifindex, ts, length, caplen, direction, _ = codec.codec.unpack_from(data)
+            if codec.size + caplen > len(data):
+                raise DecodeError(f"packet_event_t claims {caplen} bytes, "
+                                  f"{len(data) - codec.size} present")
+            return PacketChunk(ts, ifindex, "egress" if direction else "ingress", length, 0,
+                               data[codec.size:codec.size + caplen])
+        raise DecodeError(f"unknown event kind {kind} on map packets")
+
+    def dispatch(self, decoded: Decoded) -> Iterable[Event]:
+        if isinstance(decoded, TlsChunk):
+            for call in self._joiner.feed(decoded):
+                yield self._call(*call)
+        elif isinstance(decoded, Conn):
+            if decoded.family == 0 and decoded.kind != "close":
+                decoded = self._fill_from_proc(decoded)
+            self._conns.update(decoded)
+            yield decoded
+        elif isinstance(decoded, PacketChunk):
+            for first, data in self._packets.feed(decoded):
+                yield self._packet_event(first, data)
+        elif isinstance(decoded, Event):
+            yield decoded
+        else:
+            yield from self.dispatch_library(decoded)
+
+    def _call(self, first: TlsChunk, data: bytes, ts: int) -> TlsData:
+        fd = first.fd
+        conn = self._conns.lookup(first.pid, fd, ts) if fd >= 0 else None
+        return TlsData(ts, first.pid, first.tid, first.uid, first.comm, fd, first.version,
+                       first.direction, first.func, first.conn_id, data, first.total_len,
+                       conn)
+
+    @staticmethod
+    def _packet_event(first: PacketChunk, data: bytes) -> Packet:
+        return Packet(first.timestamp_ns, 0, 0, 0, "", first.ifindex, first.direction,
+                      first.length, data)
+
+    def finish(self) -> Iterator[Event]:
+        for call in self._joiner.finish():
+            yield self._call(*call)
+        for first, data in self._packets.finish():
+            yield self._packet_event(first, data)
+
+    # -- what the live system tells (tuples from /proc) ---------------------------------
+    def observe(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[Observation]:
+        """Look up in /proc, once per connection, the 4-tuples the kernel could not give:
+        an accept() that did not ask for the peer's address, and connections set up before
+        the capture (their first data shows up with an fd no probe saw)."""
+        if len(data) < 44:
+            return []
+        kind = int.from_bytes(data[:4], "little")
+        if kind == EVENT_SSL_DATA:
+            _, pid, fd = _PEEK_DATA.unpack_from(data)
+            key = (pid, fd)
+            if fd < 0 or key in self._seen_fds:
+                return []
+            self._seen_fds.add(key)  # look once, found or not
+            found = lookup(pid, fd)
+            if found is None:
+                return []
+            chunk = self._decode_data(data)
+            return [("socket", {"for": "data", "ts_ns": chunk.timestamp_ns, "pid": pid,
+                                "tid": chunk.tid, "uid": chunk.uid, "comm": chunk.comm,
+                                "fd": fd, **_tuple_fields(found)})]
+        if kind == EVENT_CONN and len(data) >= self._conn.size:
+            _, pid, fd, family, conn = _PEEK_CONN.unpack_from(data)
+            key = (pid, fd)
+            if conn == CONN_CLOSE:
+                self._seen_fds.discard(key)
+                return []
+            self._seen_fds.add(key)
+            if family != 0 or fd < 0:
+                return []
+            found = lookup(pid, fd)
+            if found is None:
+                return []
+            return [("socket", {"for": "accept", "pid": pid, "fd": fd,
+                                **_tuple_fields(found)})]
+        return []
+
+    def apply(self, what: str, fields: Mapping[str, Any]) -> Iterable[Event]:
+        if what != "socket":
+            return
+        try:
+            pid, fd, family = int(fields["pid"]), int(fields["fd"]), int(fields["family"])
+            laddr = addr_str(family, bytes.fromhex(fields["laddr"]))
+            raddr = addr_str(family, bytes.fromhex(fields["raddr"]))
+            lport, rport = int(fields["lport"]), int(fields["rport"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecodeError(f"socket observation without valid fields: {e}") from None
+        if family not in (AF_INET, AF_INET6):
+            return
+        if fields.get("for") == "accept":
+            # The accept event follows: it takes these addresses (see dispatch).
+            self._proc[(pid, fd)] = {"family": family, "laddr": laddr, "lport": lport,
+                                     "raddr": raddr, "rport": rport}
+            return
+        conn = Conn(int(fields.get("ts_ns", 0)), pid, int(fields.get("tid", pid)),
+                    int(fields.get("uid", 0)), str(fields.get("comm", "")), "proc", fd, 0,
+                    family, laddr, lport, raddr, rport)
+        self._conns.update(conn)
+        yield conn
+
+    def _fill_from_proc(self, conn: Conn) -> Conn:
+        found = self._proc.pop((conn.pid, conn.fd), None)
+        if found is None:
+            return conn
+        return Conn(conn.timestamp_ns, conn.pid, conn.tid, conn.uid, conn.comm, conn.kind,
+                    conn.fd, conn.sock, found["family"], found["laddr"], found["lport"],
+                    found["raddr"], found["rport"])
+

@@ -1,0 +1,56 @@
+/* The start of every ecapture eBPF program: its event buffer, emit() and the process
+ * filters.
+ *
+ * bcc rewrites map calls (events.ringbuf_output(), table.lookup()) only in the text it
+ * compiles, never in included headers: a map call in a header compiles into an instruction
+ * the verifier refuses. So the live layer (ecapture/live/session.py) compiles this file
+ * followed by the module's sources as ONE text, and every function that calls a map must
+ * be in a .c file of that list, never in a .h. Headers hold structs and macros only.
+ *
+ * Knobs arrive as -D flags; Python never edits C text.
+ */
+#include <uapi/linux/ptrace.h>
+#include "ecapture.h"
+
+#ifndef USE_RINGBUF
+#define USE_RINGBUF 1
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+#ifndef TARGET_PID
+#define TARGET_PID 0 /* every process */
+#endif
+#ifndef TARGET_UID
+#define TARGET_UID 0xffffffff /* every user */
+#endif
+
+/* One buffer per program carries every struct the program sends, each starting with its
+ * kind: a ring buffer is one ordered queue across CPUs, so events keep their order. */
+#if USE_RINGBUF
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* A ring buffer has no lost-sample callback: count failed outputs ourselves. */
+BPF_PERCPU_ARRAY(dropped, u64, 1);
+static __always_inline void emit(void *ctx, void *data, u32 size) {
+    /* 0 on success, a negative errno when the buffer is full: its sign bit is the drop.
+     * Counting without a branch on it keeps chunk loops cheap for the verifier. */
+    u64 failed = (u64)events.ringbuf_output(data, size, 0) >> 63;
+    u32 zero = 0;
+    u64 *n = dropped.lookup(&zero);
+    if (n)
+        *n += failed;
+}
+#else
+BPF_PERF_OUTPUT(events);
+static __always_inline void emit(void *ctx, void *data, u32 size) {
+    events.perf_submit(ctx, data, size);
+}
+#endif
+
+static __always_inline int traced(u64 pid_tgid, u32 uid) {
+    if (TARGET_PID != 0 && (u32)(pid_tgid >> 32) != TARGET_PID)
+        return 0;
+    if (TARGET_UID != 0xffffffff && uid != TARGET_UID)
+        return 0;
+    return 1;
+}

@@ -1,0 +1,536 @@
+/* The TLS family: what every TLS library module shares, written once.
+ *
+ * Compiled after kern/prelude.c and before the library's own file (kern/openssl.c, ...),
+ * as one text: see prelude.c for why. The library's probes call these helpers:
+ *   tls_call_enter()    at a read/write function's entry: remember buffer and connection;
+ *   tls_call_take()     at its return: take that back;
+ *   tls_send_data()     send what the call transferred, in TLS_CHUNK_SIZE chunks;
+ *   tls_handshake_enter()/_exit() around the handshake, whose socket I/O tells the fd early.
+ *
+ * Which socket: instead of reading the library's own objects through version-specific
+ * offsets, we watch which fd the thread does socket I/O on while it is inside a TLS call
+ * and remember it per (pid, connection). That works for every library and version.
+ *
+ * Where the kernel allows (SOCKET_HOOKS=1: the sock:sock_{send,recv}_length tracepoints of
+ * Linux 6.4+ and bpf_task_pt_regs()), that costs nothing to processes that do no socket
+ * I/O: the fd is the current syscall's first argument, read from the task's saved user
+ * registers. Elsewhere (SOCKET_HOOKS=0) the syscalls:* tracepoints do it, and every syscall
+ * of the host pays for them.
+ *
+ * Which 4-tuple: sock:inet_sock_set_state sees every TCP connection reach ESTABLISHED with
+ * its addresses, in the connecting thread for an active open (SYN_SENT) and in softirq for
+ * a passive one. A passive open's owner is the first traced process doing I/O on it.
+ */
+#include <linux/sched.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <asm/unistd.h>
+#include "tls.h"
+
+#ifndef MAX_CHUNKS
+#define MAX_CHUNKS 256
+#endif
+#ifndef SOCKET_HOOKS
+#define SOCKET_HOOKS 1
+#endif
+
+/* linux/tcp_states.h values; the tracepoint reports them as plain ints. */
+#define ECAP_TCP_ESTABLISHED 1
+#define ECAP_TCP_SYN_SENT 2
+#define ECAP_TCP_SYN_RECV 3
+#define ECAP_TCP_CLOSE 7
+#define ECAP_IPPROTO_TCP 6
+
+/* ---- plaintext ------------------------------------------------------------------ */
+
+struct tls_call_t {
+    u64 conn;    /* the library's connection object */
+    u64 buf;
+    u64 len_ptr; /* where a call stores its length, for APIs that return it that way */
+    u64 start_ns;
+    u32 func;
+    u32 pad;
+};
+
+struct tls_conn_key_t {
+    u32 pid;
+    u32 pad;
+    u64 conn;
+};
+
+BPF_HASH(tls_calls, u32, struct tls_call_t, 16384);           /* tid -> call in progress */
+BPF_HASH(tls_handshakes, u32, u64, 16384);                    /* tid -> conn in a handshake */
+BPF_TABLE("lru_hash", struct tls_conn_key_t, s32, tls_fds, 65536); /* (pid, conn) -> fd */
+BPF_PERCPU_ARRAY(tls_heap, struct ssl_data_event_t, 1); /* too big for the 512-byte stack */
+
+static __always_inline void tls_call_enter(u64 conn, u64 buf, u64 len_ptr, u32 func) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!traced(id, (u32)bpf_get_current_uid_gid()))
+        return;
+    u32 tid = (u32)id;
+    struct tls_call_t call = {};
+    call.conn = conn;
+    call.buf = buf;
+    call.len_ptr = len_ptr;
+    call.start_ns = bpf_ktime_get_ns();
+    call.func = func;
+    tls_calls.update(&tid, &call);
+}
+
+static __always_inline int tls_call_take(struct tls_call_t *out) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call_t *call = tls_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    *out = *call;
+    tls_calls.delete(&tid);
+    return 1;
+}
+
+static __always_inline void tls_handshake_enter(u64 conn) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!traced(id, (u32)bpf_get_current_uid_gid()))
+        return;
+    u32 tid = (u32)id;
+    tls_handshakes.update(&tid, &conn);
+}
+
+static __always_inline void tls_handshake_exit(void) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    tls_handshakes.delete(&tid);
+}
+
+/* One chunk of a call's plaintext; 0 when the kernel would not copy it. */
+static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev, u64 src,
+                                          u32 n) {
+    ev->data_len = n;
+    if (bpf_probe_read_user(ev->data, n, (void *)src) != 0) {
+        /* The kernel would not copy these bytes (seen on 7.x under load). Say so with an
+         * empty chunk at this offset: user space then reports the rest of the call as
+         * missing instead of the whole call vanishing without a trace. */
+        ev->data_len = 0;
+        emit(ctx, ev, offsetof(struct ssl_data_event_t, data));
+        return 0;
+    }
+    emit(ctx, ev, offsetof(struct ssl_data_event_t, data) + n);
+    return 1;
+}
+
+static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8 direction,
+                                          u64 total, s32 version) {
+    if (total == 0)
+        return;
+    u32 zero = 0;
+    struct ssl_data_event_t *ev = tls_heap.lookup(&zero);
+    if (!ev)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    ev->kind = TLS_EVENT_DATA;
+    ev->pid = id >> 32;
+    ev->tid = (u32)id;
+    ev->uid = (u32)bpf_get_current_uid_gid();
+    ev->timestamp_ns = bpf_ktime_get_ns();
+    ev->start_ns = call->start_ns;
+    ev->ssl = call->conn;
+    ev->direction = direction;
+    ev->func = call->func;
+    ev->reserved = 0;
+    ev->version = version;
+    ev->total_len = total > 0xffffffffULL ? 0xffffffffU : (u32)total;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = call->conn};
+    s32 *fd = tls_fds.lookup(&key);
+    ev->fd = fd ? *fd : -1;
+
+    /* Full chunks continue the loop and the last (partial) one ends it, so that every
+     * path through an iteration either goes on with a known offset or stops: the verifier
+     * then walks the loop once, not once per possible remainder. */
+    u64 buf = call->buf;
+    for (u32 i = 0; i < MAX_CHUNKS; i++) {
+        u64 off = (u64)i * TLS_CHUNK_SIZE;
+        if (off >= total)
+            break;
+        ev->offset = (u32)off;
+        if (total - off > TLS_CHUNK_SIZE) {
+            if (!tls_send_chunk(ctx, ev, buf + off, TLS_CHUNK_SIZE))
+                break;
+            continue;
+        }
+        u32 n = (u32)(total - off);
+        /* Re-bound n where the verifier can see it: [1, TLS_CHUNK_SIZE]. */
+        if (n == 0 || n > TLS_CHUNK_SIZE)
+            break;
+        tls_send_chunk(ctx, ev, buf + off, n);
+        break;
+    }
+}
+
+/* The thread is doing I/O on socket fd: if it is inside a TLS call or handshake, that is
+ * the call's socket. */
+static __always_inline int tls_in_call(struct tls_conn_key_t *key) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    key->pid = id >> 32;
+    key->pad = 0;
+    struct tls_call_t *call = tls_calls.lookup(&tid);
+    if (call) {
+        key->conn = call->conn;
+        return 1;
+    }
+    u64 *conn = tls_handshakes.lookup(&tid);
+    if (!conn)
+        return 0;
+    key->conn = *conn;
+    return 1;
+}
+
+/* ---- connections ------------------------------------------------------------------ */
+
+struct owner_t {
+    u32 pid;
+    u32 tid;
+    u32 uid;
+    s32 fd;
+    char comm[ECAP_COMM_LEN];
+};
+
+struct established_t {
+    u64 sock;
+    u16 family;
+    u16 lport;
+    u16 rport;
+    u16 pad;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+BPF_TABLE("lru_hash", u64, struct owner_t, connecting, 16384); /* sock -> who connects */
+BPF_TABLE("lru_hash", u64, struct owner_t, tracked, 65536);    /* sock -> reported owner */
+
+static __always_inline void fill_owner(struct owner_t *o, u64 id, s32 fd) {
+    o->pid = id >> 32;
+    o->tid = (u32)id;
+    o->uid = (u32)bpf_get_current_uid_gid();
+    o->fd = fd;
+    bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline void emit_conn(void *ctx, struct owner_t *o, u8 kind, u64 sock,
+                                      struct established_t *est) {
+    struct conn_event_t ev = {};
+    ev.kind = TLS_EVENT_CONN;
+    ev.pid = o->pid;
+    ev.tid = o->tid;
+    ev.uid = o->uid;
+    ev.fd = o->fd;
+    ev.conn = kind;
+    ev.sock = sock;
+    ev.timestamp_ns = bpf_ktime_get_ns();
+    __builtin_memcpy(ev.comm, o->comm, sizeof(ev.comm));
+    if (est) {
+        ev.family = est->family;
+        ev.lport = est->lport;
+        ev.rport = est->rport;
+        __builtin_memcpy(ev.laddr, est->laddr, 16);
+        __builtin_memcpy(ev.raddr, est->raddr, 16);
+    }
+    emit(ctx, &ev, sizeof(ev));
+}
+
+/* The tracepoint's addresses (a macro: bcc declares the tracepoint's args struct only
+ * at its TRACEPOINT_PROBE). */
+#define TUPLE_OF(est, args)                                           \
+    do {                                                              \
+        (est)->family = (args)->family;                               \
+        (est)->lport = (args)->sport;                                 \
+        (est)->rport = (args)->dport;                                 \
+        if ((args)->family == AF_INET) {                              \
+            __builtin_memcpy((est)->laddr, (args)->saddr, 4);         \
+            __builtin_memcpy((est)->raddr, (args)->daddr, 4);         \
+        } else {                                                      \
+            __builtin_memcpy((est)->laddr, (args)->saddr_v6, 16);     \
+            __builtin_memcpy((est)->raddr, (args)->daddr_v6, 16);     \
+        }                                                             \
+    } while (0)
+
+#if SOCKET_HOOKS
+/* ---- socket I/O without syscall tracepoints --------------------------------------- */
+
+/* A passive open completes in softirq, where its owner is unknown: kept here until the
+ * first traced process does I/O on it. */
+BPF_TABLE("lru_hash", u64, struct established_t, passive, 16384); /* sock -> tuple */
+
+#if defined(__TARGET_ARCH_arm64)
+#define ECAP_SYSCALL_NR(regs) ((regs)->syscallno)
+#define ECAP_SYSCALL_ARG0(regs) ((regs)->orig_x0)
+#else
+#define ECAP_SYSCALL_NR(regs) ((regs)->orig_ax)
+#define ECAP_SYSCALL_ARG0(regs) ((regs)->di)
+#endif
+
+/* The syscall the current thread is in, and its first argument, from the user registers
+ * the kernel saved on entry. -1 outside a syscall (io_uring workers, softirq). */
+static __always_inline long current_syscall(long *arg0) {
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+    long nr = -1;
+    bpf_probe_read_kernel(&nr, sizeof(nr), &ECAP_SYSCALL_NR(regs));
+    bpf_probe_read_kernel(arg0, sizeof(*arg0), &ECAP_SYSCALL_ARG0(regs));
+    return nr;
+}
+
+/* The fd of the socket I/O syscall the thread is in; -1 if it is not one whose first
+ * argument is the socket. */
+static __always_inline s32 io_syscall_fd(void) {
+    long fd = -1;
+    switch (current_syscall(&fd)) {
+    case __NR_read:
+    case __NR_write:
+    case __NR_readv:
+    case __NR_writev:
+    case __NR_sendto:
+    case __NR_recvfrom:
+    case __NR_sendmsg:
+    case __NR_recvmsg:
+    case __NR_sendmmsg:
+    case __NR_recvmmsg:
+        return (s32)fd;
+    }
+    return -1;
+}
+
+static __always_inline void socket_io(void *ctx, u64 sock, u16 protocol) {
+    if (protocol != ECAP_IPPROTO_TCP)
+        return;
+    struct established_t *est = passive.lookup(&sock);
+    struct tls_conn_key_t key = {};
+    int in_call = tls_in_call(&key);
+    if (!est && !in_call)
+        return; /* the common case: one or two lookups and out */
+    s32 fd = io_syscall_fd();
+    if (est) {
+        u64 id = bpf_get_current_pid_tgid();
+        if (traced(id, (u32)bpf_get_current_uid_gid())) {
+            struct owner_t o = {};
+            fill_owner(&o, id, fd);
+            struct established_t copy = *est;
+            tracked.update(&sock, &o);
+            passive.delete(&sock);
+            emit_conn(ctx, &o, CONN_ACCEPT, sock, &copy);
+        }
+    }
+    if (in_call && fd >= 0)
+        tls_fds.update(&key, &fd);
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    socket_io(args, (u64)args->sk, args->protocol);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    socket_io(args, (u64)args->sk, args->protocol);
+    return 0;
+}
+
+/* connect(2) is the syscall the connecting thread is in at SYN_SENT. */
+static __always_inline s32 connect_fd(void) {
+    long fd = -1;
+    return current_syscall(&fd) == __NR_connect ? (s32)fd : -1;
+}
+
+static __always_inline void passive_established(u64 sock, struct established_t *est) {
+    passive.update(&sock, est);
+}
+
+static __always_inline void forget_passive(u64 sock) {
+    passive.delete(&sock);
+}
+
+#else
+/* ---- socket I/O with syscall tracepoints (kernels before 6.4) --------------------- */
+
+struct peer_key_t {
+    u16 family;
+    u16 rport;
+    u8 raddr[16];
+};
+
+BPF_HASH(connect_fds, u32, s32, 16384);  /* tid -> fd in connect() */
+BPF_HASH(accept_addrs, u32, u64, 16384); /* tid -> user sockaddr* */
+BPF_TABLE("lru_hash", struct peer_key_t, struct established_t, accepted, 16384);
+
+static __always_inline void note_fd(long fd) {
+    struct tls_conn_key_t key = {};
+    if (!tls_in_call(&key))
+        return;
+    s32 v = (s32)fd;
+    tls_fds.update(&key, &v);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { note_fd(args->fd); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { note_fd(args->fd); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!traced(id, (u32)bpf_get_current_uid_gid()))
+        return 0;
+    u32 tid = (u32)id;
+    s32 fd = (s32)args->fd;
+    connect_fds.update(&tid, &fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    connect_fds.delete(&tid);
+    return 0;
+}
+
+static __always_inline s32 connect_fd(void) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    s32 *fd = connect_fds.lookup(&tid);
+    return fd ? *fd : -2; /* -2: not inside a traced connect() */
+}
+
+/* accept() learns the peer address from what it returns to the caller; the passive open
+ * is found by that address. */
+static __always_inline void passive_established(u64 sock, struct established_t *est) {
+    struct peer_key_t key = {};
+    key.family = est->family;
+    key.rport = est->rport;
+    __builtin_memcpy(key.raddr, est->raddr, 16);
+    accepted.update(&key, est);
+}
+
+static __always_inline void forget_passive(u64 sock) {}
+
+static __always_inline int accept_enter(u64 addr) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!traced(id, (u32)bpf_get_current_uid_gid()))
+        return 0;
+    u32 tid = (u32)id;
+    accept_addrs.update(&tid, &addr);
+    return 0;
+}
+
+static __always_inline int accept_exit(void *ctx, long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    u64 *addrp = accept_addrs.lookup(&tid);
+    if (!addrp)
+        return 0;
+    u64 addr = *addrp;
+    accept_addrs.delete(&tid);
+    if (ret < 0)
+        return 0;
+
+    struct owner_t o = {};
+    fill_owner(&o, id, (s32)ret);
+    struct peer_key_t key = {};
+    if (addr != 0) {
+        /* The kernel has just written the peer's address into the caller's buffer. */
+        bpf_probe_read_user(&key.family, sizeof(key.family), (void *)addr);
+        if (key.family == AF_INET) {
+            struct sockaddr_in sin = {};
+            bpf_probe_read_user(&sin, sizeof(sin), (void *)addr);
+            key.rport = __builtin_bswap16(sin.sin_port);
+            __builtin_memcpy(key.raddr, &sin.sin_addr, 4);
+        } else if (key.family == AF_INET6) {
+            struct sockaddr_in6 sin6 = {};
+            bpf_probe_read_user(&sin6, sizeof(sin6), (void *)addr);
+            key.rport = __builtin_bswap16(sin6.sin6_port);
+            __builtin_memcpy(key.raddr, &sin6.sin6_addr, 16);
+        } else {
+            key.family = 0;
+        }
+    }
+    struct established_t *est = key.family ? accepted.lookup(&key) : 0;
+    if (est) {
+        struct established_t copy = *est;
+        u64 sock = copy.sock;
+        tracked.update(&sock, &o);
+        accepted.delete(&key);
+        emit_conn(ctx, &o, CONN_ACCEPT, sock, &copy);
+    } else if (key.family) {
+        /* Not seen being established (older than the capture): the peer is known. */
+        struct established_t peer = {};
+        peer.family = key.family;
+        peer.rport = key.rport;
+        __builtin_memcpy(peer.raddr, key.raddr, 16);
+        emit_conn(ctx, &o, CONN_ACCEPT, 0, &peer);
+    } else {
+        /* accept(fd, NULL, NULL): user space looks the addresses up in /proc. */
+        emit_conn(ctx, &o, CONN_ACCEPT, 0, 0);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args, args->ret); }
+#endif
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != ECAP_IPPROTO_TCP)
+        return 0;
+    u64 sock = (u64)args->skaddr;
+    int newstate = args->newstate;
+    int oldstate = args->oldstate;
+
+    if (newstate == ECAP_TCP_SYN_SENT) {
+        /* tcp_v4_connect/tcp_v6_connect run in the connecting thread: who owns it is known
+         * here, the addresses only once the handshake completes. */
+        u64 id = bpf_get_current_pid_tgid();
+        if (!traced(id, (u32)bpf_get_current_uid_gid()))
+            return 0;
+        s32 fd = connect_fd();
+        if (fd == -2)
+            return 0;
+        struct owner_t o = {};
+        fill_owner(&o, id, fd);
+        connecting.update(&sock, &o);
+        return 0;
+    }
+    if (newstate == ECAP_TCP_ESTABLISHED && oldstate == ECAP_TCP_SYN_SENT) {
+        /* Often softirq context: the current task is not the owner; use the saved one. */
+        struct owner_t *o = connecting.lookup(&sock);
+        if (!o)
+            return 0;
+        struct owner_t saved = *o;
+        struct established_t est = {};
+        TUPLE_OF(&est, args);
+        tracked.update(&sock, &saved);
+        connecting.delete(&sock);
+        emit_conn(args, &saved, CONN_CONNECT, sock, &est);
+        return 0;
+    }
+    if (newstate == ECAP_TCP_ESTABLISHED && oldstate == ECAP_TCP_SYN_RECV) {
+        struct established_t est = {};
+        est.sock = sock;
+        TUPLE_OF(&est, args);
+        passive_established(sock, &est);
+        return 0;
+    }
+    if (newstate == ECAP_TCP_CLOSE) {
+        connecting.delete(&sock);
+        forget_passive(sock);
+        struct owner_t *o = tracked.lookup(&sock);
+        if (!o)
+            return 0;
+        struct owner_t saved = *o;
+        struct established_t est = {};
+        est.family = args->family;
+        tracked.delete(&sock);
+        emit_conn(args, &saved, CONN_CLOSE, sock, &est);
+    }
+    return 0;
+}
