@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -98,23 +99,32 @@ def test_long_line_is_cut_and_flagged(live_capture) -> None:
 def test_combined_read_helpers_of_kernels_before_5_5() -> None:
     """Kernels before 5.5 have no bpf_probe_read_user*(): the live layer builds the program
     with the combined helpers instead. Build it that way here and capture the same lines."""
+    from ecapture.live.drain import Drain
     from ecapture.live.session import LiveSession
+    from ecapture.metadata import build_metadata
     from ecapture.pipeline import bind
     from ecapture.record import Record
+    from ecapture.sources import CaptureStats
 
     module = BashModule({"bash": None, "pid": None, "uid": None})
-    items: list[object] = []
-    session = LiveSession(module, bind([module]), items.append)
+    bindings = bind([module])
+    session = LiveSession(module, bindings)
     session.init()
     session.features.probe_read_user = False
-    assert "-DHAVE_PROBE_READ_USER=0" in session.cflags()
+    assert "-DHAVE_PROBE_READ_USER=0" in session.cflags(session.programs[0])
     session.start()
+    drain = Drain(session, None, CaptureStats.for_metadata(build_metadata([module], bindings)))
+    drain.start()
+    items: list[object] = []
     try:
         pid = run_shell(["echo old-kernel-path"])
-        for _ in range(20):
-            session.poll_once(100)
-        session.drain()
+        time.sleep(0.5)
+        drain.stop()
+        while (batch := drain.take(1.0)) is not None:
+            items.extend(batch)
     finally:
+        drain.stop()
+        drain.join()
         session.close()
     events = [module.decode("events", r.data) for r in items if isinstance(r, Record)]
     assert lines_of(events, pid) == ["echo SHELLPID=$$", "echo old-kernel-path", "exit"]
