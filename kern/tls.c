@@ -21,12 +21,24 @@
  * its addresses, in the connecting thread for an active open (SYN_SENT) and in softirq for
  * a passive one. A passive open's owner is the first traced process doing I/O on it.
  */
-#include <linux/sched.h>
-#include <linux/socket.h>
-#include <linux/in.h>
-#include <linux/in6.h>
 #include <asm/unistd.h>
 #include "tls.h"
+
+/* From linux/socket.h and linux/in{,6}.h, spelled out: those headers cost bcc a second of
+ * parsing at every start for four numbers and two layouts (ABI, stable forever). */
+#define ECAP_AF_INET 2
+#define ECAP_AF_INET6 10
+struct ecap_sockaddr_in {
+    u16 family;
+    u16 port; /* network order */
+    u8 addr[4];
+};
+struct ecap_sockaddr_in6 {
+    u16 family;
+    u16 port; /* network order */
+    u32 flowinfo;
+    u8 addr[16];
+};
 
 #ifndef MAX_CHUNKS
 #define MAX_CHUNKS 256
@@ -245,7 +257,7 @@ static __always_inline void emit_conn(void *ctx, struct owner_t *o, u8 kind, u64
         (est)->family = (args)->family;                               \
         (est)->lport = (args)->sport;                                 \
         (est)->rport = (args)->dport;                                 \
-        if ((args)->family == AF_INET) {                              \
+        if ((args)->family == ECAP_AF_INET) {                              \
             __builtin_memcpy((est)->laddr, (args)->saddr, 4);         \
             __builtin_memcpy((est)->raddr, (args)->daddr, 4);         \
         } else {                                                      \
@@ -438,16 +450,16 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     if (addr != 0) {
         /* The kernel has just written the peer's address into the caller's buffer. */
         bpf_probe_read_user(&key.family, sizeof(key.family), (void *)addr);
-        if (key.family == AF_INET) {
-            struct sockaddr_in sin = {};
+        if (key.family == ECAP_AF_INET) {
+            struct ecap_sockaddr_in sin = {};
             bpf_probe_read_user(&sin, sizeof(sin), (void *)addr);
-            key.rport = __builtin_bswap16(sin.sin_port);
-            __builtin_memcpy(key.raddr, &sin.sin_addr, 4);
-        } else if (key.family == AF_INET6) {
-            struct sockaddr_in6 sin6 = {};
+            key.rport = __builtin_bswap16(sin.port);
+            __builtin_memcpy(key.raddr, sin.addr, 4);
+        } else if (key.family == ECAP_AF_INET6) {
+            struct ecap_sockaddr_in6 sin6 = {};
             bpf_probe_read_user(&sin6, sizeof(sin6), (void *)addr);
-            key.rport = __builtin_bswap16(sin6.sin6_port);
-            __builtin_memcpy(key.raddr, &sin6.sin6_addr, 16);
+            key.rport = __builtin_bswap16(sin6.port);
+            __builtin_memcpy(key.raddr, sin6.addr, 16);
         } else {
             key.family = 0;
         }
