@@ -7,6 +7,7 @@ line on stderr and a non-zero exit status; anything else is a bug and keeps its 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true",
                    help="print a summary on stderr at the end: events, bytes and lost events "
                         "per map, what the model wrote")
+    # A live capture's output: the replay of the recording it is writing (ecapture.live).
+    for hidden in ("--follow-fd", "--notify-fd", "--summary-fd"):
+        p.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     p.set_defaults(run=_run_replay)
 
     p = sub.add_parser("info", help="print a recording's metadata and counts")
@@ -195,16 +199,15 @@ class _Status:
     how far the output lags behind the capture. Shown when stderr is a terminal that the
     output is not also being printed on."""
 
-    def __init__(self, stats: CaptureStats, drain: Any, stream: TextIO, enabled: bool):
+    def __init__(self, stats: CaptureStats, stream: TextIO, enabled: bool):
         self.stats = stats
-        self.drain = drain
         self.stream = stream
         self.enabled = enabled
         self._last = time.monotonic()
         self._last_events = 0
         self._shown = False
 
-    def update(self) -> None:
+    def update(self, lag_bytes: int | None) -> None:
         now = time.monotonic()
         if not self.enabled or now - self._last < STATUS_EVERY_S:
             return
@@ -213,11 +216,11 @@ class _Status:
         self._last, self._last_events = now, events
         parts = [f"{self.stats.names.get(i, i)} {c.events:,} ev {human_bytes(c.bytes)} "
                  f"{c.lost:,} lost" for i, c in sorted(self.stats.maps.items()) if c.events
-                 or c.lost]
+                 or c.lost] or ["waiting for events"]
         parts.append(f"{rate:,.0f} ev/s")
-        if self.drain.backlog_bytes:
-            parts.append(f"output {human_bytes(self.drain.backlog_bytes)} behind")
-        self.stream.write("\r\x1b[K" + " | ".join(parts or ["waiting for events"]))
+        if lag_bytes:
+            parts.append(f"output {human_bytes(lag_bytes)} behind")
+        self.stream.write("\r\x1b[K" + " | ".join(parts))
         self.stream.flush()
         self._shown = True
 
@@ -227,9 +230,27 @@ class _Status:
             self.stream.flush()
 
 
+def _output_args(args: argparse.Namespace, kernel_filter: bool) -> list[str]:
+    """The output options of a live command, for the replay that prints its output."""
+    out = ["-m", args.model]
+    if args.hex:
+        out.append("--hex")
+    if args.raw:
+        out.append("--raw")
+    if getattr(args, "keylogfile", None):
+        out += ["-k", args.keylogfile]
+    if getattr(args, "pcapfile", None):
+        out += ["-w", args.pcapfile]
+    words = getattr(args, "filter", None) or []
+    if words and not kernel_filter:  # else the kernel already kept only matching packets
+        out += ["--", *words]
+    return out
+
+
 def _run_live(args: argparse.Namespace) -> int:
     # Imported here so that replay and info never import the live layer.
-    from ecapture.live.drain import Drain, LiveSource
+    from ecapture.live.drain import Drain
+    from ecapture.live.output import OutputProcess
     from ecapture.live.session import LiveSession
     from ecapture.metadata import build_metadata
     from ecapture.record.writer import Writer
@@ -250,33 +271,33 @@ def _run_live(args: argparse.Namespace) -> int:
         module.require_keys()
 
     drain: Drain | None = None
+    output: OutputProcess | None = None
     stops = 0
 
     def on_signal(signum: int, _frame: Any) -> None:
         nonlocal stops
         stops += 1
-        if drain is None:
+        if drain is None or stops > 2:
             raise KeyboardInterrupt
-        if stops > 1:  # a second Ctrl-C: stop printing the backlog too
-            raise KeyboardInterrupt
-        drain.stop()
+        if stops == 1:
+            drain.stop()  # the capture ends; the output still prints what it holds
+        elif output is not None:
+            _say("stopping the output; the recording is complete")
+            output.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    writer = None
-    pipeline = None
-    output: Output | None = None
     stats: CaptureStats | None = None
-    status: _Status | None = None
+    writer = None
+    status = (0, "")
     try:
         session.start()
         meta = build_metadata([module], bindings,
                               extra={"live": session.describe(), "model": args.model})
-        if args.record:
-            writer = Writer(args.record, meta)
+        output = OutputProcess(args.record, _output_args(args, session.kernel_filter))
+        writer = Writer(args.record or "(spool)", meta, fd=output.write_fd)
+        output.start()
         stats = CaptureStats.for_metadata(meta)
-        pipeline, output = make_pipeline(args, bindings, meta,
-                                         prefiltered=session.kernel_filter)
-        drain = Drain(session, writer, stats)
+        drain = Drain(session, writer, stats, output)
         drain.start()
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
         _say(f"{module.name}: {len(session.attached)} probes attached to "
@@ -285,40 +306,43 @@ def _run_live(args: argparse.Namespace) -> int:
         for note in session.notes:
             _say(note)
         on_terminal = sys.stdout.isatty() and args.model in ("text", "json")
-        status = _Status(stats, drain, sys.stderr, sys.stderr.isatty() and not on_terminal)
+        status_line = _Status(stats, sys.stderr, sys.stderr.isatty() and not on_terminal)
         deadline = time.monotonic() + args.duration if args.duration else None
-
-        def after_batch() -> None:
-            if deadline is not None and time.monotonic() >= deadline and drain is not None:
+        while drain.is_alive():
+            drain.join(STATUS_EVERY_S / 2)
+            if deadline is not None and time.monotonic() >= deadline:
                 drain.stop()
-            assert status is not None
-            status.update()
-            sys.stdout.flush()
-
-        run(LiveSource(drain, meta), pipeline, after_batch)
-        drain.join()
-        status.clear()
-        pipeline.close()
+            if not output.alive() and not drain.stopping:
+                drain.stop()  # the output is gone (an error, or its reader closed the pipe)
+            pos = output.position()
+            status_line.update(None if pos is None else max(0, writer.size - pos))
+        status_line.clear()
+        status = output.finish()
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
         if drain is not None:
             drain.stop()
             drain.join()
         session.close()
+        if output is not None and output.alive():
+            output.stop()
+            output.finish()
         if writer is not None:
             writer.abort()  # no-op when the drain thread closed it cleanly
-    assert drain is not None and stats is not None and output is not None
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    assert drain is not None and stats is not None and writer is not None
     duration = ((drain.ended_ns or drain.started_ns) - drain.started_ns) / 1e9
     extra = []
-    if writer is not None:
+    if args.record:
         extra.append(f"recorded {sum(writer.events.values()):,} events, "
                      f"{sum(writer.lost.values()):,} lost and {writer.facts:,} facts to "
                      f"{args.record}")
-    _summary(stats, duration, output, extra)
+    if status[1]:
+        extra.append(status[1])
+    _say("summary: " + "\n".join(summary_lines(stats, duration, extra)))
     if drain.error is not None:
         raise drain.error  # the recording holds everything drained before it
-    return 0
+    return status[0]
 
 
 def _dump_ebpf(session: Any) -> int:
@@ -335,6 +359,8 @@ def _dump_ebpf(session: Any) -> int:
 def _run_replay(args: argparse.Namespace) -> int:
     from ecapture.record.reader import Reader
 
+    if args.follow_fd is not None:
+        return _run_output(args)
     path = Path(args.file) if args.file else default_recording()
     started = time.monotonic()
     with Reader(str(path)) as reader:
@@ -361,6 +387,34 @@ def _run_replay(args: argparse.Namespace) -> int:
     # Everything readable was replayed; a non-zero status still tells scripts the file is
     # damaged (a capture killed with -9 ends like this).
     return DAMAGED if damaged else 0
+
+
+def _run_output(args: argparse.Namespace) -> int:
+    """A live capture's output: the replay of the recording it writes, while it grows."""
+    from ecapture.follow import GrowingFile
+    from ecapture.record.reader import Reader
+
+    # Ctrl-C stops the capture (our parent); this process prints what is left and ends
+    # with the recording. The parent stops it with SIGTERM on a second Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    growing = GrowingFile(args.follow_fd, args.notify_fd)
+    summary = ""
+    try:
+        with Reader(growing) as reader:  # type: ignore[arg-type]
+            meta = reader.metadata
+            pipeline, output = make_pipeline(args, bind_from_metadata(meta), meta)
+            growing.idle = pipeline.tick
+            run(RecordingSource(reader), pipeline)
+            pipeline.close()
+            said = getattr(output, "summary", None)
+            summary = said() if said else ""
+    finally:
+        if args.summary_fd is not None:
+            with os.fdopen(args.summary_fd, "w") as f:
+                f.write(summary)
+        growing.close()
+    return 0
 
 
 def _run_info(args: argparse.Namespace) -> int:

@@ -39,8 +39,12 @@ class Writer:
         metadata: Mapping[str, Any],
         *,
         clock: Callable[[], int] = time.monotonic_ns,
+        fd: int | None = None,
     ) -> None:
+        """``fd``: write to this open file instead of creating ``path`` (which then only
+        names it in messages); the Writer closes it."""
         self.path = os.fspath(path)
+        self.size = 0  # bytes handed to the OS so far
         self._clock = clock  # injectable so fixtures are byte-for-byte reproducible
         self._buf = bytearray()
         self._events: Counter[int] = Counter()
@@ -52,7 +56,7 @@ class Writer:
         # Serialize first: unserializable metadata must not leave an empty file behind.
         meta = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False).encode()
         header = encode_header(meta)
-        self._fd = open_private(self.path, "recording")
+        self._fd = open_private(self.path, "recording") if fd is None else fd
         self._buf += header
         self.flush()
 
@@ -112,6 +116,7 @@ class Writer:
         try:
             while done < len(data):
                 done += os.write(self._fd, data[done:] if done else data)
+            self.size += done
         except OSError as e:
             # Whatever reached the file is whole frames plus at most one cut frame, which
             # the reader reports as a truncated tail; further writes would only add damage.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_long_line_is_cut_and_flagged(live_capture) -> None:
     assert "(cut at 1023 bytes)" in cap.replay().text()
 
 
-def test_combined_read_helpers_of_kernels_before_5_5() -> None:
+def test_combined_read_helpers_of_kernels_before_5_5(tmp_path: Path) -> None:
     """Kernels before 5.5 have no bpf_probe_read_user*(): the live layer builds the program
     with the combined helpers instead. Build it that way here and capture the same lines."""
     from ecapture.live.drain import Drain
@@ -104,6 +105,8 @@ def test_combined_read_helpers_of_kernels_before_5_5() -> None:
     from ecapture.metadata import build_metadata
     from ecapture.pipeline import bind
     from ecapture.record import Record
+    from ecapture.record.reader import Reader
+    from ecapture.record.writer import Writer
     from ecapture.sources import CaptureStats
 
     module = BashModule({"bash": None, "pid": None, "uid": None})
@@ -113,18 +116,17 @@ def test_combined_read_helpers_of_kernels_before_5_5() -> None:
     session.features.probe_read_user = False
     assert "-DHAVE_PROBE_READ_USER=0" in session.cflags(session.programs[0])
     session.start()
-    drain = Drain(session, None, CaptureStats.for_metadata(build_metadata([module], bindings)))
+    meta = build_metadata([module], bindings)
+    record = tmp_path / "old.ecap"
+    drain = Drain(session, Writer(record, meta), CaptureStats.for_metadata(meta))
     drain.start()
-    items: list[object] = []
     try:
         pid = run_shell(["echo old-kernel-path"])
         time.sleep(0.5)
-        drain.stop()
-        while (batch := drain.take(1.0)) is not None:
-            items.extend(batch)
     finally:
         drain.stop()
         drain.join()
         session.close()
+    items = list(Reader(record))
     events = [module.decode("events", r.data) for r in items if isinstance(r, Record)]
     assert lines_of(events, pid) == ["echo SHELLPID=$$", "echo old-kernel-path", "exit"]
