@@ -85,6 +85,9 @@ SYSCALL_TRACEPOINTS = (
 # data event; kind, pid, fd, family, conn of a connection event.
 _PEEK_DATA = struct.Struct("<II32xi")
 _PEEK_CONN = struct.Struct("<II24xiHB")
+# How a plaintext chunk, the bulk of every capture, starts: decode() tests for it first.
+_DATA_KIND = EVENT_SSL_DATA.to_bytes(4, "little")
+COMM_CACHE_MAX = 1024  # distinct raw comm fields whose text is kept
 
 
 def _tuple_fields(found: Any) -> dict[str, Any]:
@@ -125,6 +128,7 @@ class TlsLibraryModule(Module):
         self._conns = ConnTable()
         self._proc: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> tuple fields
         self._seen_fds: set[tuple[int, int]] = set()  # observe(), live only
+        self._comms: dict[bytes, str] = {}  # raw comm field -> comm_str() of it
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
@@ -172,8 +176,10 @@ class TlsLibraryModule(Module):
                             tuple(self.cflags(features)), tuple(self.probes(features)))]
         ifname = self.config.get("ifname")
         if self.config.get("capture_packets") and ifname:
-            # On loopback every packet leaves once and arrives once: egress sees each once.
-            hooks = ("egress",) if ifname == "lo" else ("ingress", "egress")
+            # On loopback every packet leaves once and arrives once: one hook sees each once.
+            # Ingress, because it sees packets as tcpdump does: after the kernel split the
+            # GSO packets that lo may not send whole (egress sees them before).
+            hooks = ("ingress",) if ifname == "lo" else ("ingress", "egress")
             programs.append(Program(
                 "packets", ("packets.c",),
                 (f"-DPACKET_CHUNK_SIZE={PACKET_CHUNK_SIZE}",
@@ -183,13 +189,13 @@ class TlsLibraryModule(Module):
 
     # -- decode and dispatch ------------------------------------------------------
     def decode(self, map_name: str, data: bytes) -> Decoded:
+        if data.startswith(_DATA_KIND) and map_name == "events":
+            return self._decode_data(data)
         if len(data) < 4:
             raise DecodeError(f"event of {len(data)} bytes is too short to carry a kind")
         kind = int.from_bytes(data[:4], "little")
         if map_name == "packets":
             return self._decode_packet(kind, data)
-        if kind == EVENT_SSL_DATA:
-            return self._decode_data(data)
         if kind == EVENT_CONN:
             return self._decode_conn(data)
         return self.decode_library(kind, data)
@@ -199,12 +205,17 @@ class TlsLibraryModule(Module):
         if len(data) < size:
             raise DecodeError(f"ssl_data_event_t has {len(data)} bytes, needs {size}")
         (_, pid, ts, start_ns, conn_id, tid, uid, fd, version, total_len, offset, data_len,
-         direction, func, _, comm) = self._data.codec.unpack_from(data)
+         direction, func, _, raw_comm) = self._data.codec.unpack_from(data)
         end = size + data_len
         if data_len > TLS_CHUNK_SIZE or end > len(data):
             raise DecodeError(f"ssl_data_event_t claims {data_len} data bytes, "
                               f"{len(data) - size} present")
-        return TlsChunk(ts, pid, tid, uid, comm_str(comm), fd, version,
+        comm = self._comms.get(raw_comm)
+        if comm is None:  # a process's every event has the same 16 bytes: decode them once
+            if len(self._comms) >= COMM_CACHE_MAX:
+                self._comms.clear()
+            comm = self._comms[raw_comm] = comm_str(raw_comm)
+        return TlsChunk(ts, pid, tid, uid, comm, fd, version,
                         "write" if direction == 1 else "read",
                         self.functions.get(func, "?"), conn_id, total_len, start_ns, offset,
                         data[size:end])
@@ -244,20 +255,25 @@ class TlsLibraryModule(Module):
 
     def dispatch(self, decoded: Decoded) -> Iterable[Event]:
         if isinstance(decoded, TlsChunk):
-            for call in self._joiner.feed(decoded):
-                yield self._call(*call)
-        elif isinstance(decoded, Conn):
+            held = self._joiner.open
+            if (decoded.offset != 0 or len(decoded.data) >= decoded.total_len) and \
+                    (not held or (decoded.pid, decoded.tid) not in held):
+                # The common case, a call in one chunk with nothing of its thread held: the
+                # joiner would hand the chunk back as it is (see ChunkJoiner.feed), so skip
+                # building and taking apart its list.
+                return (self._call(decoded, decoded.data, decoded.timestamp_ns),)
+            return [self._call(*call) for call in self._joiner.feed(decoded)]
+        if isinstance(decoded, Conn):
             if decoded.family == 0 and decoded.kind != "close":
                 decoded = self._fill_from_proc(decoded)
             self._conns.update(decoded)
-            yield decoded
-        elif isinstance(decoded, PacketChunk):
-            for first, data in self._packets.feed(decoded):
-                yield self._packet_event(first, data)
-        elif isinstance(decoded, Event):
-            yield decoded
-        else:
-            yield from self.dispatch_library(decoded)
+            return (decoded,)
+        if isinstance(decoded, PacketChunk):
+            return [self._packet_event(first, data)
+                    for first, data in self._packets.feed(decoded)]
+        if isinstance(decoded, Event):
+            return (decoded,)
+        return self.dispatch_library(decoded)
 
     def _call(self, first: TlsChunk, data: bytes, ts: int) -> TlsData:
         fd = first.fd

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from live_helpers import ROOT, Server, _free_port, _wait_port, nghttpd, run_client
 
+from ecapture.structs.packets import PACKET_CHUNK_SIZE
+
 pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
 
 PRIME = 23
@@ -78,3 +80,38 @@ def test_tshark_decrypts_http2_over_tls13(capture, cert, tmp_path: Path) -> None
     paths = tshark(pcap, "http2.headers.path", "http2.headers.path")
     assert sorted(paths) == [f"/{n}" for n in names]
     assert len(tshark(pcap, "http2.headers.status", "http2.headers.status")) == len(names)
+
+
+def test_large_downloads_every_packet_tcpdump_sees(capture, https_server: Server,
+                                                   tmp_path: Path) -> None:
+    """Loopback carries GSO packets of tens of KiB (past 64 KiB before the kernel splits
+    them): the pcapng must hold every packet tcpdump sees, whole, and decrypt. The program
+    copies packets in 16 KiB pieces, so the big ones arrive in several."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump is not installed (scripts/setup.sh installs it)")
+    port = https_server.port
+    pcap, theirs = tmp_path / "ours.pcapng", tmp_path / "tcpdump.pcap"
+    tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "0", "-w", str(theirs), "-U",
+                                "tcp", "port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tcpdump.stderr is not None
+        assert "listening" in tcpdump.stderr.readline()
+        cap = capture("-m", "pcap", "-i", "lo", "-w", str(pcap), "tcp", "port", str(port))
+        paths = [f"/size/{300_000 + i}" for i in range(10)]
+        results = run_client(port, "get", *paths)
+        cap.stop()
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(10)
+    assert [r["status"] for r in results] == [200] * 10
+    # Every packet tcpdump saw, with its length, the big ones included.
+    ours = tshark(pcap, "tcp", "frame.len")
+    seen = tshark(theirs, "tcp", "frame.len")
+    assert sorted(map(int, ours)) == sorted(map(int, seen))
+    assert max(map(int, ours)) > PACKET_CHUNK_SIZE
+    # Decrypted: every response, whole.
+    lengths = tshark(pcap, "http.response", "http.content_length")
+    assert sorted(map(int, lengths)) == [300_000 + i for i in range(10)]
+    bodies = tshark(pcap, "http.response", "http.file_data")
+    assert len(bodies) == 10

@@ -1,8 +1,8 @@
 """A real HTTPS server for live tests: Python's http.server over the ssl module (OpenSSL).
 
 GET /PATH answers "hello PATH" (GET /chunked: a chunked body; GET /gzip: a gzip-encoded
-body; both of text ``expected_body(path)``); POST answers the byte count and sha256 of the
-body. Every
+body; both of text ``expected_body(path)``; GET /size/N: N bytes); POST answers the byte
+count and sha256 of the body. Every
 request is logged to stdout as one JSON line with the client's address, so tests know the
 ground-truth 4-tuple. Prints "READY <port>" once listening.
 """
@@ -18,6 +18,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 def expected_body(path: str) -> bytes:
     if path in ("/chunked", "/gzip"):
         return "".join(f"{path} line {i:04d}\n" for i in range(400)).encode()
+    if path.startswith("/size/"):  # /size/N: N bytes of numbered lines
+        size = int(path.split("/")[2])
+        lines = "".join(f"{path} line {i:07d}\n" for i in range(size // 20 + 1)).encode()
+        return lines[:size]
     return f"hello {path}\n".encode()
 
 
