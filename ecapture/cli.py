@@ -181,6 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _since_launch(fallback: float) -> float:
+    """Seconds since this process was started (by the kernel's clock, so interpreter start
+    and imports count too); ``time.monotonic() - fallback`` where /proc cannot tell."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime: field 22
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - fallback
+
+
 def _say(text: str) -> None:
     print(f"ecapture: {text}", file=sys.stderr, flush=True)
 
@@ -302,7 +314,7 @@ def _run_live(args: argparse.Namespace) -> int:
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
         _say(f"{module.name}: {len(session.attached)} probes attached to "
              f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}) in "
-             f"{time.monotonic() - launched:.1f} s; Ctrl-C to stop")
+             f"{_since_launch(launched):.1f} s; Ctrl-C to stop")
         for note in session.notes:
             _say(note)
         on_terminal = sys.stdout.isatty() and args.model in ("text", "json")

@@ -24,7 +24,7 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     u64 id = bpf_get_current_pid_tgid();
     struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = ssl};
     u64 random_head = 0;
-    bpf_probe_read_user(&random_head, sizeof(random_head), (void *)(ssl + OFF_CLIENT_RANDOM));
+    read_user(&random_head, sizeof(random_head), ssl + OFF_CLIENT_RANDOM);
     u64 *sent = keys_sent.lookup(&key);
     if (sent && *sent == random_head)
         return;
@@ -39,29 +39,22 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     ev->timestamp_ns = bpf_ktime_get_ns();
     ev->ssl = ssl;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    bpf_probe_read_user(&ev->version, sizeof(ev->version), (void *)(ssl + SSL_VERSION_OFFSET));
-    bpf_probe_read_user(ev->client_random, sizeof(ev->client_random),
-                        (void *)(ssl + OFF_CLIENT_RANDOM));
+    read_user(&ev->version, sizeof(ev->version), ssl + SSL_VERSION_OFFSET);
+    read_user(ev->client_random, sizeof(ev->client_random), ssl + OFF_CLIENT_RANDOM);
     u64 session = 0;
-    bpf_probe_read_user(&session, sizeof(session), (void *)(ssl + OFF_SESSION));
+    read_user(&session, sizeof(session), ssl + OFF_SESSION);
     if (session) {
-        bpf_probe_read_user(ev->master_key, sizeof(ev->master_key),
-                            (void *)(session + OFF_SESSION_MASTER_KEY));
+        read_user(ev->master_key, sizeof(ev->master_key), session + OFF_SESSION_MASTER_KEY);
         u64 cipher = 0;
-        bpf_probe_read_user(&cipher, sizeof(cipher), (void *)(session + OFF_SESSION_CIPHER));
+        read_user(&cipher, sizeof(cipher), session + OFF_SESSION_CIPHER);
         if (cipher)
-            bpf_probe_read_user(&ev->cipher_id, sizeof(ev->cipher_id),
-                                (void *)(cipher + OFF_CIPHER_ID));
+            read_user(&ev->cipher_id, sizeof(ev->cipher_id), cipher + OFF_CIPHER_ID);
     }
-    bpf_probe_read_user(ev->handshake_secret, 64, (void *)(ssl + OFF_HANDSHAKE_SECRET));
-    bpf_probe_read_user(ev->handshake_traffic_hash, 64,
-                        (void *)(ssl + OFF_HANDSHAKE_TRAFFIC_HASH));
-    bpf_probe_read_user(ev->client_app_traffic_secret, 64,
-                        (void *)(ssl + OFF_CLIENT_APP_TRAFFIC_SECRET));
-    bpf_probe_read_user(ev->server_app_traffic_secret, 64,
-                        (void *)(ssl + OFF_SERVER_APP_TRAFFIC_SECRET));
-    bpf_probe_read_user(ev->exporter_master_secret, 64,
-                        (void *)(ssl + OFF_EXPORTER_MASTER_SECRET));
+    read_user(ev->handshake_secret, 64, ssl + OFF_HANDSHAKE_SECRET);
+    read_user(ev->handshake_traffic_hash, 64, ssl + OFF_HANDSHAKE_TRAFFIC_HASH);
+    read_user(ev->client_app_traffic_secret, 64, ssl + OFF_CLIENT_APP_TRAFFIC_SECRET);
+    read_user(ev->server_app_traffic_secret, 64, ssl + OFF_SERVER_APP_TRAFFIC_SECRET);
+    read_user(ev->exporter_master_secret, 64, ssl + OFF_EXPORTER_MASTER_SECRET);
     emit(ctx, ev, sizeof(*ev));
 }
 #endif
@@ -83,7 +76,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
         /* int SSL_read_ex(SSL *, void *, size_t, size_t *readbytes): 1 on success */
         if ((int)PT_REGS_RC(ctx) != 1 || call.len_ptr == 0)
             return 0;
-        bpf_probe_read_user(&total, sizeof(total), (void *)call.len_ptr);
+        read_user(&total, sizeof(total), call.len_ptr);
     } else {
         int ret = (int)PT_REGS_RC(ctx);
         if (ret <= 0)
@@ -97,7 +90,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
 #endif
     s32 version = 0;
 #if SSL_VERSION_OFFSET >= 0
-    bpf_probe_read_user(&version, sizeof(version), (void *)(call.conn + SSL_VERSION_OFFSET));
+    read_user(&version, sizeof(version), call.conn + SSL_VERSION_OFFSET);
 #endif
     tls_send_data(ctx, &call, direction, total, version);
     return 0;

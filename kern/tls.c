@@ -117,7 +117,7 @@ static __always_inline void tls_handshake_exit(void) {
 static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev, u64 src,
                                           u32 n) {
     ev->data_len = n;
-    if (bpf_probe_read_user(ev->data, n, (void *)src) != 0) {
+    if (read_user(ev->data, n, src) != 0) {
         /* The kernel would not copy these bytes (seen on 7.x under load). Say so with an
          * empty chunk at this offset: user space then reports the rest of the call as
          * missing instead of the whole call vanishing without a trace. */
@@ -449,15 +449,15 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     struct peer_key_t key = {};
     if (addr != 0) {
         /* The kernel has just written the peer's address into the caller's buffer. */
-        bpf_probe_read_user(&key.family, sizeof(key.family), (void *)addr);
+        read_user(&key.family, sizeof(key.family), addr);
         if (key.family == ECAP_AF_INET) {
             struct ecap_sockaddr_in sin = {};
-            bpf_probe_read_user(&sin, sizeof(sin), (void *)addr);
+            read_user(&sin, sizeof(sin), addr);
             key.rport = __builtin_bswap16(sin.port);
             __builtin_memcpy(key.raddr, sin.addr, 4);
         } else if (key.family == ECAP_AF_INET6) {
             struct ecap_sockaddr_in6 sin6 = {};
-            bpf_probe_read_user(&sin6, sizeof(sin6), (void *)addr);
+            read_user(&sin6, sizeof(sin6), addr);
             key.rport = __builtin_bswap16(sin6.port);
             __builtin_memcpy(key.raddr, sin6.addr, 16);
         } else {

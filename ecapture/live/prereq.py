@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -87,18 +88,27 @@ def has_ringbuf() -> bool:
     return kernel_version() >= (5, 8)
 
 
-def kernel_functions(*names: str) -> set[str]:
-    """Which of ``names`` the kernel's symbol table has (helpers are named after their
-    implementation). None at all when kallsyms cannot be read."""
-    wanted = {f" {n}" for n in names}
+# The kernel functions whose presence tells a feature (helpers are named after their
+# implementation): looked up in one pass over kallsyms, which is long.
+_KERNEL_FUNCTIONS = ("bpf_probe_read_user", "bpf_task_pt_regs", "bpf_get_current_task_btf")
+
+
+@functools.cache
+def _kernel_functions() -> frozenset[str]:
+    wanted = {f" {n}\n" for n in _KERNEL_FUNCTIONS}
     found: set[str] = set()
     with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
         for line in f:
-            tail = line.rstrip()
-            cut = tail.rfind(" ")
-            if tail[cut:] in wanted:
-                found.add(tail[cut + 1:])
-    return found
+            cut = line.rfind(" ")
+            if line[cut:] in wanted:
+                found.add(line[cut + 1:-1])
+    return frozenset(found)
+
+
+def kernel_functions(*names: str) -> set[str]:
+    """Which of ``names`` (from _KERNEL_FUNCTIONS) the kernel's symbol table has. Raises
+    OSError when kallsyms cannot be read."""
+    return set(names) & _kernel_functions()
 
 
 def has_probe_read_user() -> bool:
