@@ -12,6 +12,8 @@ import os
 import platform
 import re
 import struct
+from dataclasses import dataclass
+from typing import Any
 
 from ecapture.errors import AttachError
 from ecapture.live.prereq import _NR_BPF
@@ -19,11 +21,15 @@ from ecapture.live.prereq import _NR_BPF
 # Commands and types from <linux/bpf.h>.
 BPF_MAP_CREATE = 0
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_MAP_TYPE_PROG_ARRAY = 3
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
+BPF_MAP_TYPE_RINGBUF = 27
 
 BPF_ANY = 0
 
@@ -31,7 +37,7 @@ _ATTR_SIZE = 128  # larger than every layout used here; the kernel checks the ta
 _OBJ_NAME_LEN = 16
 _LOG_SIZE = 4 << 20  # enough for the verifier's log of any program bpfasm produces
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
 def _syscall_number() -> int:
@@ -44,13 +50,10 @@ def _syscall_number() -> int:
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     """bpf(cmd, attr, sizeof attr): the result, or -errno."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.syscall.restype = ctypes.c_long
-    ret = int(_libc.syscall(ctypes.c_long(_syscall_number()), ctypes.c_long(cmd), attr,
-                            ctypes.c_ulong(len(attr))))
-    return ret if ret >= 0 else -ctypes.get_errno()
+    try:
+        return syscall(_syscall_number(), ctypes.c_long(cmd), attr, ctypes.c_ulong(len(attr)))
+    except OSError as e:
+        return -(e.errno or 1)
 
 
 def _obj_name(name: str) -> bytes:
@@ -150,3 +153,84 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> N
     ret = _bpf(BPF_MAP_UPDATE_ELEM, attr)
     if ret < 0:
         raise AttachError(f"cannot update BPF map fd {map_fd}: {_strerror(-ret)}")
+
+
+# -- what the buffer readers need (they want OSError, not AttachError) ---------------
+
+
+# struct bpf_map_info is 88 bytes today; the kernel copies min(info_len, its size) and wants
+# anything past its own size to be zero, so a zeroed, larger buffer is forward compatible.
+_MAP_INFO_LEN = 256
+
+def syscall(nr: int, *args: Any) -> int:
+    """syscall(2) through libc; raises OSError with the kernel's errno on failure."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    ret = int(_libc.syscall(nr, *args))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syscall {nr}: {os.strerror(err)}")
+    return ret
+
+
+def bpf(cmd: int, attr: bytearray) -> int:
+    """bpf(2) with ``attr`` as union bpf_attr (zero-padded by the caller)."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"bpf(2): unknown syscall number on {platform.machine()}")
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    return syscall(nr, cmd, buf, len(attr))
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """The fields of struct bpf_map_info the readers check."""
+
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+def map_info(map_fd: int) -> MapInfo:
+    """Ask the kernel about a map (BPF_OBJ_GET_INFO_BY_FD): its type and max_entries,
+    which for a ring buffer is the size of the data area in bytes."""
+    info = bytearray(_MAP_INFO_LEN)
+    info_buf = (ctypes.c_char * len(info)).from_buffer(info)
+    attr = bytearray(16)  # the info struct of union bpf_attr: bpf_fd, info_len, info ptr
+    struct.pack_into("=IIQ", attr, 0, map_fd, len(info), ctypes.addressof(info_buf))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    del info_buf  # drop the export so ``info`` can be read freely
+    type_, id_, key_size, value_size, max_entries, flags = struct.unpack_from("=6I", info, 0)
+    name = bytes(info[24:40]).split(b"\0", 1)[0].decode("ascii", "replace")
+    return MapInfo(type_, id_, key_size, value_size, max_entries, flags, name)
+
+
+def map_update_u32(map_fd: int, key: int, value: int) -> None:
+    """BPF_MAP_UPDATE_ELEM (BPF_ANY) for a map with u32 keys and u32 values."""
+    kv = bytearray(struct.pack("=II", key, value))
+    kv_buf = (ctypes.c_char * 8).from_buffer(kv)
+    base = ctypes.addressof(kv_buf)
+    attr = bytearray(32)  # map_fd, pad, key ptr, value ptr, flags
+    struct.pack_into("=IIQQQ", attr, 0, map_fd, 0, base, base + 4, 0)
+    try:
+        bpf(BPF_MAP_UPDATE_ELEM, attr)
+    finally:
+        del kv_buf
+
+
+def map_delete_u32(map_fd: int, key: int) -> None:
+    """BPF_MAP_DELETE_ELEM for a map with u32 keys."""
+    k = bytearray(struct.pack("=I", key))
+    k_buf = (ctypes.c_char * 4).from_buffer(k)
+    attr = bytearray(32)
+    struct.pack_into("=IIQ", attr, 0, map_fd, 0, ctypes.addressof(k_buf))
+    try:
+        bpf(BPF_MAP_DELETE_ELEM, attr)
+    finally:
+        del k_buf

@@ -48,12 +48,12 @@ import struct
 import sys
 from collections.abc import Callable
 
-from ecapture.live.ringbuf import (
+from ecapture.live.bpfsys import (
     BPF_MAP_TYPE_PERF_EVENT_ARRAY,
-    _syscall,
     map_delete_u32,
     map_info,
     map_update_u32,
+    syscall,
 )
 
 # perf_event_open(2) by machine, in the style of prereq._NR_BPF.
@@ -113,7 +113,7 @@ def perf_event_open(attr: bytearray, pid: int, cpu: int, group_fd: int, flags: i
                           f"{platform.machine()}")
     buf = (ctypes.c_char * len(attr)).from_buffer(attr)
     try:
-        return _syscall(nr, buf, pid, cpu, group_fd, flags)
+        return syscall(nr, buf, pid, cpu, group_fd, flags)
     finally:
         del buf
 

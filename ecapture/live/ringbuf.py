@@ -32,109 +32,14 @@ the protocol expects.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
-import os
-import platform
-import struct
-from dataclasses import dataclass
-from typing import Any
 
-from ecapture.live.prereq import _NR_BPF
+from ecapture.live.bpfsys import BPF_MAP_TYPE_RINGBUF, map_info
 
-# bpf(2) commands (enum bpf_cmd in include/uapi/linux/bpf.h).
-_BPF_MAP_UPDATE_ELEM = 2
-_BPF_MAP_DELETE_ELEM = 3
-_BPF_OBJ_GET_INFO_BY_FD = 15
-
-BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
-BPF_MAP_TYPE_RINGBUF = 27
-
-# Kernel structs are in the machine's byte order: struct "=" formats, memoryview casts.
 # Record header bits and size (include/uapi/linux/bpf.h).
 _BUSY_BIT = 1 << 31
 _DISCARD_BIT = 1 << 30
 _HDR_SZ = 8
-
-# struct bpf_map_info is 88 bytes today; the kernel copies min(info_len, its size) and wants
-# anything past its own size to be zero, so a zeroed, larger buffer is forward compatible.
-_MAP_INFO_LEN = 256
-
-_libc: Any = None
-
-
-def _syscall(nr: int, *args: Any) -> int:
-    """syscall(2) through libc; raises OSError with the kernel's errno on failure."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    ret = int(_libc.syscall(nr, *args))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"syscall {nr}: {os.strerror(err)}")
-    return ret
-
-
-def bpf(cmd: int, attr: bytearray) -> int:
-    """bpf(2) with ``attr`` as union bpf_attr (zero-padded by the caller)."""
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(38, f"bpf(2): unknown syscall number on {platform.machine()}")
-    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    return _syscall(nr, cmd, buf, len(attr))
-
-
-@dataclass(frozen=True)
-class MapInfo:
-    """The fields of struct bpf_map_info the readers check."""
-
-    type: int
-    id: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    map_flags: int
-    name: str
-
-
-def map_info(map_fd: int) -> MapInfo:
-    """Ask the kernel about a map (BPF_OBJ_GET_INFO_BY_FD): its type and max_entries,
-    which for a ring buffer is the size of the data area in bytes."""
-    info = bytearray(_MAP_INFO_LEN)
-    info_buf = (ctypes.c_char * len(info)).from_buffer(info)
-    attr = bytearray(16)  # the info struct of union bpf_attr: bpf_fd, info_len, info ptr
-    struct.pack_into("=IIQ", attr, 0, map_fd, len(info), ctypes.addressof(info_buf))
-    bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
-    del info_buf  # drop the export so ``info`` can be read freely
-    type_, id_, key_size, value_size, max_entries, flags = struct.unpack_from("=6I", info, 0)
-    name = bytes(info[24:40]).split(b"\0", 1)[0].decode("ascii", "replace")
-    return MapInfo(type_, id_, key_size, value_size, max_entries, flags, name)
-
-
-def map_update_u32(map_fd: int, key: int, value: int) -> None:
-    """BPF_MAP_UPDATE_ELEM (BPF_ANY) for a map with u32 keys and u32 values."""
-    kv = bytearray(struct.pack("=II", key, value))
-    kv_buf = (ctypes.c_char * 8).from_buffer(kv)
-    base = ctypes.addressof(kv_buf)
-    attr = bytearray(32)  # map_fd, pad, key ptr, value ptr, flags
-    struct.pack_into("=IIQQQ", attr, 0, map_fd, 0, base, base + 4, 0)
-    try:
-        bpf(_BPF_MAP_UPDATE_ELEM, attr)
-    finally:
-        del kv_buf
-
-
-def map_delete_u32(map_fd: int, key: int) -> None:
-    """BPF_MAP_DELETE_ELEM for a map with u32 keys."""
-    k = bytearray(struct.pack("=I", key))
-    k_buf = (ctypes.c_char * 4).from_buffer(k)
-    attr = bytearray(32)
-    struct.pack_into("=IIQ", attr, 0, map_fd, 0, ctypes.addressof(k_buf))
-    try:
-        bpf(_BPF_MAP_DELETE_ELEM, attr)
-    finally:
-        del k_buf
 
 
 # Memory ordering. The kernel publishes a record with release semantics: it writes the

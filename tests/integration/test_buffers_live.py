@@ -27,8 +27,9 @@ from typing import Any, Protocol
 import pytest
 
 from ecapture.live.bccload import load_bcc
+from ecapture.live.bpfsys import map_info
 from ecapture.live.perfbuf import PerfBufferReader, online_cpus
-from ecapture.live.ringbuf import RingBufferReader, map_info
+from ecapture.live.ringbuf import RingBufferReader
 
 pytestmark = pytest.mark.ecapture_module("buffers")
 ring_only = pytest.mark.requires_kernel(">=5.8")
