@@ -26,4 +26,29 @@
 #define bpf_probe_read_user_str bpf_probe_read_str
 #endif
 
+/* Walk [0, total) in pieces of CHUNK bytes, at most MAXN of them, calling SEND(off, n)
+ * for each; SEND is false when a piece could not be sent, which ends the walk. A macro, not
+ * a function: SEND sends with a map, and bcc rewrites map calls only in .c text.
+ *
+ * Full pieces continue the loop and the last (partial) one ends it, so that every path
+ * through an iteration either goes on with a known offset or stops: the verifier walks the
+ * loop once (35k instructions for 256 pieces) instead of once per possible remainder
+ * (340k). n is re-bounded to [1, CHUNK] where the verifier can see it. */
+#define ECAP_FOR_PIECES(total, CHUNK, MAXN, SEND)          \
+    for (u32 piece_ = 0; piece_ < (MAXN); piece_++) {      \
+        u64 off_ = (u64)piece_ * (CHUNK);                  \
+        if (off_ >= (total))                               \
+            break;                                         \
+        if ((total) - off_ > (CHUNK)) {                    \
+            if (!SEND(off_, (CHUNK)))                      \
+                break;                                     \
+            continue;                                      \
+        }                                                  \
+        u64 n_ = (total) - off_;                           \
+        if (n_ == 0 || n_ > (CHUNK))                       \
+            break;                                         \
+        SEND(off_, (u32)n_);                               \
+        break;                                             \
+    }
+
 #endif

@@ -22,7 +22,8 @@ BPF_PROG_ARRAY(packet_capture, 2); /* 0: tc_ingress, 1: tc_egress, for the filte
 
 /* One piece of a packet; 0 when it could not be read. */
 static __always_inline int send_piece(struct __sk_buff *skb, struct packet_chunk_event_t *ev,
-                                      u32 off, u32 n) {
+                                      u64 off, u32 n) {
+    ev->offset = (u32)off;
     ev->data_len = n;
     if (bpf_skb_load_bytes(skb, off, ev->data, n) != 0) {
         ev->data_len = 0; /* say where the packet stopped being readable */
@@ -45,25 +46,9 @@ static __always_inline int capture(struct __sk_buff *skb, u8 direction) {
     ev->len = (u32)len;
     ev->direction = direction;
     ev->reserved[0] = ev->reserved[1] = ev->reserved[2] = 0;
-    /* Full pieces continue and the last one ends the loop: see tls_send_data() in
-     * kern/tls.c for why the verifier wants it this way. */
-    for (u32 i = 0; i < MAX_PACKET_CHUNKS; i++) {
-        u64 off = (u64)i * PACKET_CHUNK_SIZE;
-        if (off >= len)
-            break;
-        ev->offset = (u32)off;
-        if (len - off > PACKET_CHUNK_SIZE) {
-            if (!send_piece(skb, ev, (u32)off, PACKET_CHUNK_SIZE))
-                break;
-            continue;
-        }
-        u64 n = len - off;
-        /* Re-bound n where the verifier can see it: [1, PACKET_CHUNK_SIZE]. */
-        if (n == 0 || n > PACKET_CHUNK_SIZE)
-            break;
-        send_piece(skb, ev, (u32)off, (u32)n);
-        break;
-    }
+#define SEND_PIECE(off, n) send_piece(skb, ev, off, n)
+    ECAP_FOR_PIECES(len, PACKET_CHUNK_SIZE, MAX_PACKET_CHUNKS, SEND_PIECE)
+#undef SEND_PIECE
     return TC_ACT_OK;
 }
 

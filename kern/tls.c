@@ -114,10 +114,11 @@ static __always_inline void tls_handshake_exit(void) {
 }
 
 /* One chunk of a call's plaintext; 0 when the kernel would not copy it. */
-static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev, u64 src,
-                                          u32 n) {
+static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev, u64 buf,
+                                          u64 off, u32 n) {
+    ev->offset = (u32)off;
     ev->data_len = n;
-    if (read_user(ev->data, n, src) != 0) {
+    if (read_user(ev->data, n, buf + off) != 0) {
         /* The kernel would not copy these bytes (seen on 7.x under load). Say so with an
          * empty chunk at this offset: user space then reports the rest of the call as
          * missing instead of the whole call vanishing without a trace. */
@@ -155,27 +156,10 @@ static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8
     s32 *fd = tls_fds.lookup(&key);
     ev->fd = fd ? *fd : -1;
 
-    /* Full chunks continue the loop and the last (partial) one ends it, so that every
-     * path through an iteration either goes on with a known offset or stops: the verifier
-     * then walks the loop once, not once per possible remainder. */
     u64 buf = call->buf;
-    for (u32 i = 0; i < MAX_CHUNKS; i++) {
-        u64 off = (u64)i * TLS_CHUNK_SIZE;
-        if (off >= total)
-            break;
-        ev->offset = (u32)off;
-        if (total - off > TLS_CHUNK_SIZE) {
-            if (!tls_send_chunk(ctx, ev, buf + off, TLS_CHUNK_SIZE))
-                break;
-            continue;
-        }
-        u32 n = (u32)(total - off);
-        /* Re-bound n where the verifier can see it: [1, TLS_CHUNK_SIZE]. */
-        if (n == 0 || n > TLS_CHUNK_SIZE)
-            break;
-        tls_send_chunk(ctx, ev, buf + off, n);
-        break;
-    }
+#define TLS_SEND_CHUNK(off, n) tls_send_chunk(ctx, ev, buf, off, n)
+    ECAP_FOR_PIECES(total, TLS_CHUNK_SIZE, MAX_CHUNKS, TLS_SEND_CHUNK)
+#undef TLS_SEND_CHUNK
 }
 
 /* The thread is doing I/O on socket fd: if it is inside a TLS call or handshake, that is
