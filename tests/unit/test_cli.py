@@ -88,3 +88,43 @@ def test_bad_option_is_a_usage_error(args: tuple[str, ...]) -> None:
     out = run(*args)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "error: argument" in out.stderr
+
+
+BASH = ROOT / "fixtures" / "recordings" / "bash" / "interactive.ecap"
+
+
+@pytest.mark.parametrize("args", [("--pid", "1"), ("--comm", "nosuch"), ("--port", "443")])
+def test_replay_filters_apply_to_every_module(args: tuple[str, ...],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The bash recording once printed all its lines whatever the filter said."""
+    assert main(["replay", str(BASH), *args]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["replay", str(BASH), "--comm", "bash"]) == 0
+    assert capsys.readouterr().out == BASH.with_suffix(".expected.txt").read_text()
+
+
+def test_replay_stats_summarizes_on_stderr() -> None:
+    out = run("replay", "--stats", str(DEMO))
+    assert out.returncode == 0 and out.stdout == DEMO.with_suffix(".expected.txt").read_text()
+    info = run("info", str(DEMO)).stdout
+    total = int(info.split("events:")[1].split()[0])
+    assert f"summary: {total:,} events" in out.stderr
+    assert "tls/events:" in out.stderr and "0 lost" in out.stderr
+    from ecapture.render import Style
+    from ecapture.testing.replay import replay_events
+
+    shown = sum(1 for e in replay_events(DEMO, parsed=True) if e.text(Style()))
+    assert f"text: {shown:,} events shown" in out.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "3", "-8", "2048", "x"])
+def test_mapsize_must_be_a_power_of_two(size: str) -> None:
+    out = run("tls", "--mapsize", size)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "--mapsize" in out.stderr
+
+
+def test_models_are_the_modules_own() -> None:
+    out = run("bash", "-m", "keylog")
+    assert out.returncode == 2 and "invalid choice: 'keylog'" in out.stderr
+    assert "Traceback" not in out.stderr
