@@ -78,6 +78,9 @@ def test_python_client_keys_live_keylog_model(capture, keyed_server, tmp_path: P
     cap.stop()
     theirs = lines(client_log)
     assert len([line for line in theirs if line.startswith("EXPORTER_SECRET")]) == 2
+    # The summary says how many lines the model wrote: the file's, the two connections'.
+    written = len(ours.read_text().splitlines())
+    assert f"keylog: {written:,} lines written to {ours}" in cap.err_path.read_text()
     assert theirs <= lines(ours)
     assert oct(ours.stat().st_mode & 0o777) == "0o600"
 

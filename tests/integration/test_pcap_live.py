@@ -115,3 +115,7 @@ def test_large_downloads_every_packet_tcpdump_sees(capture, https_server: Server
     assert sorted(map(int, lengths)) == [300_000 + i for i in range(10)]
     bodies = tshark(pcap, "http.response", "http.file_data")
     assert len(bodies) == 10
+    # The summary counts what the model wrote: tcpdump's packets, the 10 connections' keys.
+    err = cap.err_path.read_text()
+    assert f"pcap: {len(seen):,} packets and" in err
+    assert "0 lost" in err
