@@ -29,10 +29,17 @@ PUNCH_EVERY = 64 << 20  # give back read spool space in steps of this many bytes
 
 
 def _spool() -> int:
-    """An unnamed file (O_TMPFILE) in the temporary directory, readable by us only."""
+    """An unnamed file in the temporary directory, readable by us only: O_TMPFILE where
+    the file system has it (overlayfs only since 6.6), else a file unlinked at once."""
     directory = tempfile.gettempdir()
     try:
         return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        pass
+    try:
+        fd, path = tempfile.mkstemp(prefix="ecapture-spool-", dir=directory)
+        os.unlink(path)
+        return fd
     except OSError as e:
         raise RecordWriteError(f"cannot create a spool file in {directory} for the output: "
                                f"{e.strerror or e} (set TMPDIR, or use --record FILE)") from e
