@@ -48,33 +48,46 @@ class ChunkJoiner:
     """
 
     def __init__(self) -> None:
-        # (pid, tid) -> (first chunk, parts, next offset)
-        self._open: dict[tuple[int, int], tuple[TlsChunk, list[bytes], int]] = {}
+        #: the calls being joined: (pid, tid) -> (first chunk, parts, next offset)
+        self.open: dict[tuple[int, int], tuple[TlsChunk, list[bytes], int]] = {}
 
-    def feed(self, chunk: TlsChunk) -> Iterator[Call]:
+    def feed(self, chunk: TlsChunk) -> list[Call]:
+        """The calls that this chunk completes or ends, in order: none when it starts a
+        call of several chunks or continues one that is still incomplete."""
         key = (chunk.pid, chunk.tid)
-        held = self._open.pop(key, None) if self._open else None
+        held = self.open.pop(key, None) if self.open else None
+        out: list[Call] = []
         if held is not None:
             first, parts, next_offset = held
             if first.start_ns == chunk.start_ns and chunk.offset == next_offset:
                 parts.append(chunk.data)
                 next_offset += len(chunk.data)
                 if next_offset >= chunk.total_len:
-                    yield first, b"".join(parts), chunk.timestamp_ns
+                    out.append((first, b"".join(parts), chunk.timestamp_ns))
                 else:
-                    self._open[key] = (first, parts, next_offset)
-                return
-            yield first, b"".join(parts), first.timestamp_ns
+                    self.open[key] = (first, parts, next_offset)
+                return out
+            out.append((first, b"".join(parts), first.timestamp_ns))
         if chunk.offset != 0 or len(chunk.data) >= chunk.total_len:
             # Whole in one chunk; or its beginning was lost: keep what arrived, flagged short.
-            yield chunk, chunk.data, chunk.timestamp_ns
-            return
-        self._open[key] = (chunk, [chunk.data], len(chunk.data))
+            out.append((chunk, chunk.data, chunk.timestamp_ns))
+            return out
+        self.open[key] = (chunk, [chunk.data], len(chunk.data))
+        return out
+
+    def end(self, pid: int, tid: int) -> list[Call]:
+        """A call that came whole ends the thread's open call, if any: it is released with
+        what arrived (the same as :meth:`feed` with a chunk that does not continue it)."""
+        held = self.open.pop((pid, tid), None)
+        if held is None:
+            return []
+        first, parts, _ = held
+        return [(first, b"".join(parts), first.timestamp_ns)]
 
     def finish(self) -> Iterator[Call]:
-        for first, parts, _ in self._open.values():
+        for first, parts, _ in self.open.values():
             yield first, b"".join(parts), first.timestamp_ns
-        self._open.clear()
+        self.open.clear()
 
 
 @dataclass(slots=True)
@@ -146,7 +159,8 @@ class ConnTable:
         """The connection of (pid, fd) at time ts_ns (an event's kernel time): one closed
         before then is gone; without a time, only an open one counts."""
         key = (pid, fd)
-        closed = self._closed_at.get(key)
-        if closed is not None and (ts_ns is None or ts_ns > closed):
-            return None
+        if self._closed_at:
+            closed = self._closed_at.get(key)
+            if closed is not None and (ts_ns is None or ts_ns > closed):
+                return None
         return self._by_fd.get(key)

@@ -6,17 +6,20 @@ which filters apply to it, so filters and outputs never need to know a module's 
 The events shared by every TLS library live here too: connections, plaintext, key-log
 entries and packets. A module with events of its own declares them in its own file.
 
-Events are values: build them, never change them. (They are not frozen only because frozen
-dataclasses cost a microsecond more per event, and replay makes hundreds of thousands.)
+Events are values: build them, never change them once they leave the module that builds
+them (a module's dispatch may still finish one its decode began, e.g. attach a data event's
+connection). They are not frozen only because frozen dataclasses cost a microsecond more
+per event, and replay makes hundreds of thousands.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ecapture.render import Style, json_bytes
+from ecapture.render import MEMO_MAX, Style, json_bytes, json_str, json_text
 
 AF_INET = 2
 AF_INET6 = 10
@@ -96,6 +99,14 @@ class Event:
             else:
                 out[key] = value
         return out
+
+    def json_line(self, style: Style) -> str | None:
+        """The json model's line without its newline: :meth:`json` as JSON text
+        (:data:`ecapture.render.json_text`). None: not shown in the json model. An event
+        that comes by the hundred thousand may build the same text directly (and its tests
+        check that it is the same)."""
+        obj = self.json(style)
+        return None if obj is None else json_text(obj)
 
 
 @dataclass(slots=True)
@@ -224,9 +235,33 @@ class TlsData(Event):
     def missing(self) -> int:
         return self.total_len - len(self.data)
 
+    # text() and json_line() build, with the same code every time, what a thread's calls
+    # on one connection share only once, and keep it in style.memo: keyed by those fields
+    # and the connection's id, and holding the connection, so that an id the memo keys
+    # cannot be reused by a new object while its entry lives.
+
     def text(self, style: Style) -> str:
-        head = (f"--- {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid} tid "
-                f"{self.tid} uid {self.uid}  fd {self.fd}  {self.version_name}")
+        conn = self.conn
+        key = ("TlsData.text", self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
+               self.direction, self.func, id(conn))
+        memo = style.memo
+        shared = memo.get(key)
+        if shared is None or shared[0] is not conn:
+            if len(memo) >= MEMO_MAX:
+                memo.clear()
+            shared = memo[key] = (conn, *self._text_shared())
+        data = self.data
+        size = len(data)
+        missing = self.total_len - size
+        lost = f" ({missing} of {self.total_len} lost)" if missing else ""
+        body = style.payload(data)
+        if not body.endswith("\n"):
+            body += "\n"
+        return f"--- {style.when(self.timestamp_ns)}{shared[1]}{size} bytes{lost}{shared[2]}{body}"
+
+    def _text_shared(self) -> tuple[str, str]:
+        """The text model's header around the time and size: what comes between them, and
+        what comes after the size."""
         conn = self.conn
         if conn is not None:
             src, dst = conn.local, conn.remote
@@ -236,19 +271,46 @@ class TlsData(Event):
         else:
             tuple_ = "? -> ?"
         what = "WRITE" if self.direction == "write" else "READ"
-        size = f"{len(self.data)} bytes"
-        if self.missing:
-            size += f" ({self.missing} of {self.total_len} lost)"
-        body = style.payload(self.data)
-        if not body.endswith("\n"):
-            body += "\n"
-        return f"{head}\n    {tuple_}  {what} {size}  [{self.func}]\n{body}"
+        return (f"  {self.comm}  pid {self.pid} tid {self.tid} uid {self.uid}  fd {self.fd}  "
+                f"{self.version_name}\n    {tuple_}  {what} ", f"  [{self.func}]\n")
 
     def json_fields(self) -> dict[str, Any]:
         return {"pid": self.pid, "tid": self.tid, "uid": self.uid, "comm": self.comm,
                 "fd": self.fd, "tls_version": self.version_name, "direction": self.direction,
                 "func": self.func, **endpoints(self.conn), "length": len(self.data),
                 "missing": self.missing, "data": self.data}
+
+    def json_line(self, style: Style) -> str:
+        """:meth:`json` encoded, byte for byte, built directly: a dict and the generic
+        encoder cost several times more, and data events are the bulk of a capture."""
+        conn = self.conn
+        key = ("TlsData.json", self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
+               self.direction, self.func, id(conn))
+        memo = style.memo
+        shared = memo.get(key)
+        if shared is None or shared[0] is not conn:
+            if len(memo) >= MEMO_MAX:
+                memo.clear()
+            shared = memo[key] = (conn, self._json_shared())
+        data = self.data
+        try:
+            text, encoding = data.decode("utf-8"), '"utf-8"'
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(data).decode(), '"base64"'
+        ts = self.timestamp_ns
+        return (f'{{"type": "data", "time": "{style.iso(ts)}", "ts_ns": {ts}, {shared[1]}'
+                f'"length": {len(data)}, "missing": {self.total_len - len(data)}, '
+                f'"data": {json_str(text)}, "data_encoding": {encoding}}}')
+
+    def _json_shared(self) -> str:
+        """The json fields from "pid" to "remote", with the ", " after them."""
+        ends = endpoints(self.conn)
+        local, remote = json_text(ends["local"]), json_text(ends["remote"])
+        return (f'"pid": {self.pid}, "tid": {self.tid}, "uid": {self.uid}, '
+                f'"comm": {json_str(self.comm)}, "fd": {self.fd}, '
+                f'"tls_version": {json_str(self.version_name)}, '
+                f'"direction": {json_str(self.direction)}, "func": {json_str(self.func)}, '
+                f'"local": {local}, "remote": {remote}, ')
 
 
 @dataclass(slots=True)

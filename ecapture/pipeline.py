@@ -15,7 +15,7 @@ from ecapture.errors import DecodeError, RecordFormatError
 from ecapture.events import Event, lost_notice
 from ecapture.modules.base import EventMap, Module
 from ecapture.outputs import Output
-from ecapture.record import Fact, Item, Lost, Record
+from ecapture.record import Item, Lost, Record
 from ecapture.streams import Conversations
 
 MAX_REPORTED_ERRORS = 5
@@ -80,6 +80,12 @@ def bind_from_metadata(metadata: Mapping[str, Any]) -> list[Binding]:
 
 
 class Pipeline:
+    """Items in, events out. Items are handled a batch at a time (:meth:`feed_all`): the
+    batch's records are decoded and dispatched first, then their events go through the
+    filter and the conversations in order, then to each output in turn, which writes them
+    at once when it can (``write_all``). Each output sees what it would see one item at a
+    time, in the same order; a batch costs far fewer calls per event."""
+
     def __init__(self, bindings: list[Binding], outputs: list[Output],
                  accept: Callable[[Event], bool] | None = None,
                  warn: Callable[[str], None] | None = None,
@@ -91,26 +97,38 @@ class Pipeline:
         self.warn = warn or (lambda msg: sys.stderr.write(f"ecapture: warning: {msg}\n"))
         self.decode_errors = 0
         self.events = 0
-        self._writers = [o.write for o in outputs]
+        # An output may take a list of events at once (write_all); else one at a time.
+        self._writers: list[Callable[[list[Event]], None]] = [
+            getattr(o, "write_all", None) or _one_at_a_time(o.write) for o in outputs]
+        # What a record of each map id goes through, looked up once per record.
+        self._routes = {b.map_id: (b.module, b.map.name, b.module.decode, b.module.dispatch)
+                        for b in bindings}
 
     def feed(self, item: Item) -> None:
-        binding = self.bindings.get(item.map_id)
-        if binding is None:
-            self._error(f"record for unknown map id {item.map_id} skipped")
-            return
-        module = binding.module
-        try:
-            if isinstance(item, Record):
-                events = module.dispatch(module.decode(binding.map.name, item.data))
-            elif isinstance(item, Lost):
-                events = (lost_notice(item.recv_ns, module.name, binding.map.name,
-                                      item.count),)
-            elif isinstance(item, Fact):
-                events = module.apply(item.what, item.fields)
-            for event in events:
-                self._emit(event)
-        except DecodeError as e:
-            self._error(f"undecodable event skipped: {e}")
+        self.feed_all((item,))
+
+    def feed_all(self, items: Iterable[Item]) -> None:
+        """Feed items in order: the same as feed() for each, in one go."""
+        routes = self._routes
+        events: list[Event] = []
+        add = events.extend
+        for item in items:
+            route = routes.get(item.map_id)
+            if route is None:
+                self._error(f"record for unknown map id {item.map_id} skipped")
+                continue
+            module, map_name, decode, dispatch = route
+            try:
+                if isinstance(item, Record):
+                    add(dispatch(decode(map_name, item.data)))
+                elif isinstance(item, Lost):
+                    events.append(lost_notice(item.recv_ns, module.name, map_name, item.count))
+                else:  # a Fact
+                    add(module.apply(item.what, item.fields))
+            except DecodeError as e:
+                self._error(f"undecodable event skipped: {e}")
+        if events:
+            self._emit(events)
 
     def _error(self, msg: str) -> None:
         self.decode_errors += 1
@@ -119,26 +137,25 @@ class Pipeline:
         elif self.decode_errors == MAX_REPORTED_ERRORS + 1:
             self.warn("more decode errors; not reporting them one by one")
 
-    def _emit(self, event: Event) -> None:
-        if self.accept is not None and not self.accept(event):
-            return
-        if self.conversations is None:
-            self._output(event)
-        else:
-            for out in self.conversations.feed(event):
-                self._output(out)
+    def _emit(self, events: list[Event]) -> None:
+        """Filter, then conversations, then outputs."""
+        if self.accept is not None:
+            events = list(filter(self.accept, events))
+        if self.conversations is not None:
+            events = self.conversations.feed_all(events)
+        self._output(events)
 
-    def _output(self, event: Event) -> None:
-        self.events += 1
-        for write in self._writers:
-            write(event)
+    def _output(self, events: list[Event]) -> None:
+        if events:
+            self.events += len(events)
+            for write_all in self._writers:
+                write_all(events)
 
     def tick(self, now_ns: int) -> None:
         """Live only: at kernel time now_ns, let conversations and outputs release what
         they hold back for ordering, even when no new event moves time on."""
         if self.conversations is not None:
-            for out in self.conversations.tick(now_ns):
-                self._output(out)
+            self._output(self.conversations.tick(now_ns))
         for output in self.outputs:
             tick = getattr(output, "tick", None)
             if tick is not None:
@@ -150,10 +167,15 @@ class Pipeline:
             if id(binding.module) in seen:
                 continue
             seen.add(id(binding.module))
-            for out in binding.module.finish():
-                self._emit(out)
+            self._emit(list(binding.module.finish()))
         if self.conversations is not None:
-            for out in self.conversations.finish():
-                self._output(out)
+            self._output(self.conversations.finish())
         for output in self.outputs:
             output.close()
+
+
+def _one_at_a_time(write: Callable[[Event], None]) -> Callable[[list[Event]], None]:
+    def write_all(events: list[Event]) -> None:
+        for event in events:
+            write(event)
+    return write_all

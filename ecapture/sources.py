@@ -1,15 +1,16 @@
 """Where items come from, and the loop that feeds them to the pipeline.
 
-A source yields batches of raw items (Record, Lost, Fact): a recording being read
-(:class:`RecordingSource`, here), or a live capture's drain thread (``LiveSource`` in
-:mod:`ecapture.live.drain`). :func:`run` is the one loop that feeds either to the same
-pipeline, so a replay prints exactly what the live run printed. :class:`CaptureStats`
-counts what crossed from the kernel, for the status line and the summary. No I/O here
-beyond the reader a source is given.
+A source yields batches of raw items (Record, Lost, Fact). There is one kind,
+:class:`RecordingSource`: a recording, finished or still being written (a live capture's
+output is the replay of the recording it writes, through :mod:`ecapture.follow`). :func:`run`
+is the one loop that feeds it to the pipeline, so a replay prints exactly what the live run
+printed. :class:`CaptureStats` counts what crossed from the kernel, for the status line and
+the summary. No I/O here beyond the reader a source is given.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,7 +18,9 @@ from typing import Any, Protocol
 from ecapture.pipeline import Pipeline
 from ecapture.record import Fact, Item, Lost, Record
 
-BATCH = 4096
+_RECORD_ONLY = {Record}
+_map_id = operator.attrgetter("map_id")
+_data = operator.attrgetter("data")
 
 
 class Source(Protocol):
@@ -71,6 +74,20 @@ class CaptureStats:
         elif isinstance(item, Fact):
             self.facts += 1
 
+    def count_all(self, items: Sequence[Item]) -> None:
+        """count() each item; a batch of one map's records (the usual batch) is counted in
+        one go rather than one item at a time."""
+        if items and type(items[0]) is Record and \
+                set(map(type, items)) == _RECORD_ONLY and len(set(map(_map_id, items))) == 1:
+            counts = self.maps.get(items[0].map_id)
+            if counts is None:
+                counts = self.maps[items[0].map_id] = MapCounts()
+            counts.events += len(items)
+            counts.bytes += sum(map(len, map(_data, items)))
+            return
+        for item in items:
+            self.count(item)
+
     @property
     def events(self) -> int:
         return sum(c.events for c in self.maps.values())
@@ -117,15 +134,11 @@ class RecordingSource:
         self.stats = stats or CaptureStats.for_metadata(self.metadata)
 
     def batches(self) -> Iterator[Sequence[Item]]:
-        batch: list[Item] = []
-        count = self.stats.count
-        for item in self.reader:
-            count(item)
-            batch.append(item)
-            if len(batch) >= BATCH:
-                yield batch
-                batch = []
-        if batch:
+        """The reader's own batches: small (see Reader.batches), and none held back while
+        the reader waits for more of a recording that is still being written."""
+        count = self.stats.count_all
+        for batch in self.reader.batches():
+            count(batch)
             yield batch
 
     def now_ns(self) -> int | None:
@@ -135,10 +148,9 @@ class RecordingSource:
 def run(source: Source, pipeline: Pipeline,
         after_batch: Callable[[], None] | None = None) -> None:
     """Feed every item of ``source`` to ``pipeline``; live, tick it after each batch."""
-    feed = pipeline.feed
+    feed_all = pipeline.feed_all
     for batch in source.batches():
-        for item in batch:
-            feed(item)
+        feed_all(batch)
         now = source.now_ns()
         if now is not None:
             pipeline.tick(now)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ecapture.events import Conn, Event, TlsData
@@ -38,6 +37,7 @@ IDLE_SCAN_NS = 1_000_000_000  # look for idle conversations at most this often
 
 @dataclass
 class _Conversation:
+    key: tuple[int, int]  # (pid, conn_id): the one tuple that _by_fd points to it with
     first: TlsData
     role: Side | None = None  # what the traced process is on this connection
     protocol: str | None = None  # "http1", "http2", "raw"; None while detecting
@@ -48,12 +48,19 @@ class _Conversation:
     informational: dict[int | None, list[HttpResponse]] = field(default_factory=dict)
     last: dict[Side, TlsData] = field(default_factory=dict)
     fds: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) keys pointing here
+    #: the socket of the first event's connection, if it has one (a data event on another
+    #: socket with the same SSL object starts a new conversation)
+    sock: int | None = None
 
 
 class Conversations:
     """Feed Conn and TlsData events (others pass through); get exchanges, raw data of
     unknown protocols, notices. ``reorder_ns`` > 0 holds events that long (in event time)
-    to put per-CPU perf buffer output back in timestamp order."""
+    to put per-CPU perf buffer output back in timestamp order.
+
+    Every method returns the events it releases as a list, in order: one list per call
+    rather than a generator per stage, since each event of a capture passes through here.
+    """
 
     def __init__(self, reorder_ns: int = 0):
         self.reorder_ns = reorder_ns
@@ -65,74 +72,111 @@ class Conversations:
         self._by_fd: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, fd) -> conv key
 
     # -- ordering ---------------------------------------------------------------------
-    def feed(self, event: Event) -> Iterator[Event]:
+    def feed_all(self, events: list[Event]) -> list[Event]:
+        """feed() each event, in one call: what they release, in order."""
+        out: list[Event] = []
+        append = out.append
+        convs, by_fd = self._convs, self._by_fd
+        ordered = self.reorder_ns <= 0
+        for ev in events:
+            # Fast path for the bulk of a capture whose protocol is unknown: a data event
+            # of a conversation already shown raw, whose (pid, fd) already points to it, so
+            # that _data would only pass it on. Anything else takes the general path.
+            if ordered and type(ev) is TlsData and \
+                    ev.timestamp_ns - self._last_scan < IDLE_SCAN_NS:
+                conv = convs.get((ev.pid, ev.conn_id))
+                if conv is not None and conv.protocol == "raw":
+                    conn = ev.conn
+                    if (conn is None or conv.sock is None or conn.sock == conv.sock) and \
+                            (ev.fd < 0 or by_fd.get((ev.pid, ev.fd)) is conv.key):
+                        append(ev)
+                        continue
+            self._feed(ev, out)
+        return out
+
+    def feed(self, event: Event) -> list[Event]:
+        out: list[Event] = []
+        self._feed(event, out)
+        return out
+
+    def _feed(self, event: Event, out: list[Event]) -> None:
         if not event.kernel_time:  # e.g. a lost-events notice: pass it on as it comes
-            yield from self._process(event)
+            self._process(event, out)
             return
         ts = event.timestamp_ns
-        yield from self._flush_idle(ts)
+        if ts - self._last_scan >= IDLE_SCAN_NS:
+            self._flush_idle(ts, out)
         if self.reorder_ns <= 0:
-            yield from self._process(event)
+            self._process(event, out)
             return
         heapq.heappush(self._heap, (ts, next(self._seq), event))
         self._clock = max(self._clock, ts)
-        yield from self._release(self._clock - self.reorder_ns)
+        self._release(self._clock - self.reorder_ns, out)
 
-    def tick(self, now_ns: int) -> Iterator[Event]:
+    def tick(self, now_ns: int) -> list[Event]:
         """Live only: at kernel time now_ns, release events held for reordering and flush
         idle undecided conversations, even if no new event comes to move time on."""
-        yield from self._release(now_ns - self.reorder_ns)
-        yield from self._flush_idle(now_ns)
+        out: list[Event] = []
+        self._release(now_ns - self.reorder_ns, out)
+        if now_ns - self._last_scan >= IDLE_SCAN_NS:
+            self._flush_idle(now_ns, out)
+        return out
 
-    def _flush_idle(self, now_ns: int) -> Iterator[Event]:
-        if now_ns - self._last_scan < IDLE_SCAN_NS:
-            return
+    def _flush_idle(self, now_ns: int, out: list[Event]) -> None:
+        """Show raw what has waited too long for a verdict (at most every IDLE_SCAN_NS)."""
         self._last_scan = now_ns
         for conv in self._convs.values():
             if conv.protocol is None and conv.held and \
                     now_ns - conv.held[-1].timestamp_ns > IDLE_NS:
                 conv.protocol, conv.role = "raw", conv.role or "client"
-                held, conv.held = conv.held, []
-                yield from held
+                out += conv.held
+                conv.held = []
 
-    def _release(self, upto: int) -> Iterator[Event]:
-        while self._heap and self._heap[0][0] <= upto:
-            yield from self._process(heapq.heappop(self._heap)[2])
+    def _release(self, upto: int, out: list[Event]) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= upto:
+            self._process(heapq.heappop(heap)[2], out)
 
-    def finish(self) -> Iterator[Event]:
+    def finish(self) -> list[Event]:
+        out: list[Event] = []
         while self._heap:
-            yield from self._process(heapq.heappop(self._heap)[2])
+            self._process(heapq.heappop(self._heap)[2], out)
         for key in list(self._convs):
-            yield from self._close(key)
+            self._close(key, out)
+        return out
 
     # -- connections ------------------------------------------------------------------
-    def _process(self, event: Event) -> Iterator[Event]:
-        if isinstance(event, Conn):
+    def _process(self, event: Event, out: list[Event]) -> None:
+        if isinstance(event, TlsData):
+            self._data(event, out)
+        elif isinstance(event, Conn):
             old = self._by_fd.pop((event.pid, event.fd), None)
             if old is not None:
                 # A close ends the conversation; a new connect/accept on the same fd means
                 # the fd was reused: the old conversation is over too.
-                yield from self._close(old)
-            yield event
-        elif isinstance(event, TlsData):
-            yield from self._data(event)
+                self._close(old, out)
+            out.append(event)
         else:
-            yield event
+            out.append(event)
 
-    def _data(self, ev: TlsData) -> Iterator[Event]:
+    def _data(self, ev: TlsData, out: list[Event]) -> None:
         key = (ev.pid, ev.conn_id)
         conv = self._convs.get(key)
-        if conv is not None and ev.conn is not None and conv.first.conn is not None \
-                and ev.conn.sock != conv.first.conn.sock:
-            yield from self._close(key)  # the SSL object was freed and reused
+        conn = ev.conn
+        if conv is not None and conn is not None and conv.sock is not None \
+                and conn.sock != conv.sock:
+            self._close(key, out)  # the SSL object was freed and reused
             conv = None
         if conv is None:
-            conv = self._convs[key] = _Conversation(ev)
-            if ev.conn is not None and ev.conn.kind in ("connect", "accept"):
-                conv.role = "client" if ev.conn.kind == "connect" else "server"
+            conv = self._convs[key] = _Conversation(key, ev)
+            if conn is not None:
+                conv.sock = conn.sock
+                if conn.kind in ("connect", "accept"):
+                    conv.role = "client" if conn.kind == "connect" else "server"
         if ev.fd >= 0:
-            self._by_fd[(ev.pid, ev.fd)] = key
-            conv.fds.add((ev.pid, ev.fd))
+            fd_key = (ev.pid, ev.fd)
+            self._by_fd[fd_key] = conv.key
+            conv.fds.add(fd_key)
         if conv.protocol is None:
             conv.held.append(ev)
             verdict = self._detect(conv)
@@ -145,9 +189,11 @@ class Conversations:
             elif verdict == "http2":
                 conv.parser = Http2Parser()
             for h in held:
-                yield from self._to_parser(conv, h)
-            return
-        yield from self._to_parser(conv, ev)
+                self._to_parser(conv, h, out)
+        elif conv.parser is None:
+            out.append(ev)  # decided raw (an unknown protocol): the event as it came
+        else:
+            self._to_parser(conv, ev, out)
 
     def _detect(self, conv: _Conversation) -> str | None:
         """Decide the protocol from the client's first bytes, and the process's role where
@@ -184,15 +230,15 @@ class Conversations:
         role: Side = conv.role or "client"  # always set once a protocol is chosen
         return role if ev.direction == "write" else _other(role)
 
-    def _to_parser(self, conv: _Conversation, ev: TlsData) -> Iterator[Event]:
+    def _to_parser(self, conv: _Conversation, ev: TlsData, out: list[Event]) -> None:
         if conv.parser is None:
-            yield ev  # unknown protocol: the event as it came
+            out.append(ev)  # unknown protocol: the event as it came
             return
         side = self._side(conv, ev)
         conv.last[side] = ev
-        yield from self._messages(conv, conv.parser.feed(side, ev.data, ev.timestamp_ns))
+        self._messages(conv, conv.parser.feed(side, ev.data, ev.timestamp_ns), out)
 
-    def _close(self, key: tuple[int, int]) -> Iterator[Event]:
+    def _close(self, key: tuple[int, int], out: list[Event]) -> None:
         conv = self._convs.pop(key, None)
         if conv is None:
             return
@@ -200,17 +246,17 @@ class Conversations:
             if self._by_fd.get(fd_key) == key:
                 del self._by_fd[fd_key]
         if conv.protocol is None:
-            yield from conv.held  # never decided: show what there was
+            out += conv.held  # never decided: show what there was
             return
         if conv.parser is not None:
-            yield from self._messages(conv, conv.parser.close())
+            self._messages(conv, conv.parser.close(), out)
         for req in conv.requests:
-            yield self._exchange(conv, req, None)
+            out.append(self._exchange(conv, req, None))
         for req in conv.by_stream.values():
-            yield self._exchange(conv, req, None)
+            out.append(self._exchange(conv, req, None))
 
     # -- pairing ----------------------------------------------------------------------
-    def _messages(self, conv: _Conversation, messages: list[Message]) -> Iterator[Event]:
+    def _messages(self, conv: _Conversation, messages: list[Message], out: list[Event]) -> None:
         first = conv.first
         for msg in messages:
             if isinstance(msg, HttpRequest):
@@ -226,15 +272,15 @@ class Conversations:
                     req = conv.requests.pop(0) if conv.requests else None
                 else:
                     req = conv.by_stream.pop(msg.stream_id, None)
-                yield self._exchange(conv, req, msg)
+                out.append(self._exchange(conv, req, msg))
             elif isinstance(msg, ProtocolError):
-                yield ProtocolNotice(msg.ts_ns, first.pid, first.tid, first.uid, first.comm,
-                                     first.conn, msg)
+                out.append(ProtocolNotice(msg.ts_ns, first.pid, first.tid, first.uid,
+                                          first.comm, first.conn, msg))
             elif isinstance(msg, Http2Frame):
-                yield FrameNotice(msg.ts_ns, first.pid, first.tid, first.uid, first.comm,
-                                  first.conn, msg)
+                out.append(FrameNotice(msg.ts_ns, first.pid, first.tid, first.uid, first.comm,
+                                       first.conn, msg))
             elif isinstance(msg, RawData):
-                yield self._raw(conv, msg)
+                out.append(self._raw(conv, msg))
 
     def _exchange(self, conv: _Conversation, req: HttpRequest | None,
                   resp: HttpResponse | None) -> HttpExchange:
@@ -249,10 +295,11 @@ class Conversations:
 
     def _raw(self, conv: _Conversation, raw: RawData) -> TlsData:
         """Bytes a parser handed back: shown like the data event they came from."""
-        template = conv.last.get(raw.side, conv.first)
+        t = conv.last.get(raw.side, conv.first)
         sent_by_us = raw.side == conv.role
-        return replace(template, data=raw.data, timestamp_ns=raw.ts_ns,
-                       direction="write" if sent_by_us else "read", total_len=len(raw.data))
+        return TlsData(raw.ts_ns, t.pid, t.tid, t.uid, t.comm, t.fd, t.version,
+                       "write" if sent_by_us else "read", t.func, t.conn_id, raw.data,
+                       len(raw.data), t.conn)
 
 
 def _other(side: Side | None) -> Side:

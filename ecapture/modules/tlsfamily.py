@@ -120,6 +120,9 @@ class TlsLibraryModule(Module):
     def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
         self._data = header_codec(SSL_DATA.decl)
+        self._data_size = self._data.size
+        self._data_unpack = self._data.codec.unpack_from
+        self._functions = dict(self.functions)
         self._conn = header_codec(CONN.decl)
         self._packet = header_codec(PACKET.decl)
         self._packet_chunk = header_codec(PACKET_CHUNK.decl)
@@ -189,23 +192,17 @@ class TlsLibraryModule(Module):
 
     # -- decode and dispatch ------------------------------------------------------
     def decode(self, map_name: str, data: bytes) -> Decoded:
-        if data.startswith(_DATA_KIND) and map_name == "events":
-            return self._decode_data(data)
-        if len(data) < 4:
-            raise DecodeError(f"event of {len(data)} bytes is too short to carry a kind")
-        kind = int.from_bytes(data[:4], "little")
-        if map_name == "packets":
-            return self._decode_packet(kind, data)
-        if kind == EVENT_CONN:
-            return self._decode_conn(data)
-        return self.decode_library(kind, data)
-
-    def _decode_data(self, data: bytes) -> TlsChunk:
-        size = self._data.size
+        """A plaintext chunk (the bulk of every capture, decoded here rather than one call
+        further) is a TlsChunk; or, when it is the whole call (most are), the call's event
+        at once, rather than a TlsChunk that dispatch() would only copy into one. That
+        event's ``conn`` is left to dispatch(), which knows the connections."""
+        if not data.startswith(_DATA_KIND) or map_name != "events":
+            return self._decode_other(map_name, data)
+        size = self._data_size
         if len(data) < size:
             raise DecodeError(f"ssl_data_event_t has {len(data)} bytes, needs {size}")
         (_, pid, ts, start_ns, conn_id, tid, uid, fd, version, total_len, offset, data_len,
-         direction, func, _, raw_comm) = self._data.codec.unpack_from(data)
+         direction, func, _, raw_comm) = self._data_unpack(data)
         end = size + data_len
         if data_len > TLS_CHUNK_SIZE or end > len(data):
             raise DecodeError(f"ssl_data_event_t claims {data_len} data bytes, "
@@ -215,10 +212,24 @@ class TlsLibraryModule(Module):
             if len(self._comms) >= COMM_CACHE_MAX:
                 self._comms.clear()
             comm = self._comms[raw_comm] = comm_str(raw_comm)
+        if offset == 0 and data_len >= total_len:
+            return TlsData(ts, pid, tid, uid, comm, fd, version,
+                           "write" if direction == 1 else "read",
+                           self._functions.get(func, "?"), conn_id, data[size:end], total_len)
         return TlsChunk(ts, pid, tid, uid, comm, fd, version,
                         "write" if direction == 1 else "read",
-                        self.functions.get(func, "?"), conn_id, total_len, start_ns, offset,
+                        self._functions.get(func, "?"), conn_id, total_len, start_ns, offset,
                         data[size:end])
+
+    def _decode_other(self, map_name: str, data: bytes) -> Decoded:
+        if len(data) < 4:
+            raise DecodeError(f"event of {len(data)} bytes is too short to carry a kind")
+        kind = int.from_bytes(data[:4], "little")
+        if map_name == "packets":
+            return self._decode_packet(kind, data)
+        if kind == EVENT_CONN:
+            return self._decode_conn(data)
+        return self.decode_library(kind, data)
 
     def _decode_conn(self, data: bytes) -> Conn:
         if len(data) < self._conn.size:
@@ -254,14 +265,18 @@ class TlsLibraryModule(Module):
         raise DecodeError(f"unknown event kind {kind} on map packets")
 
     def dispatch(self, decoded: Decoded) -> Iterable[Event]:
-        if isinstance(decoded, TlsChunk):
+        if type(decoded) is TlsData:  # a whole call, from decode(): most events
+            fd = decoded.fd
+            if fd >= 0:
+                # Still being built: no one else has seen it (see decode).
+                decoded.conn = self._conns.lookup(decoded.pid, fd, decoded.timestamp_ns)
             held = self._joiner.open
-            if (decoded.offset != 0 or len(decoded.data) >= decoded.total_len) and \
-                    (not held or (decoded.pid, decoded.tid) not in held):
-                # The common case, a call in one chunk with nothing of its thread held: the
-                # joiner would hand the chunk back as it is (see ChunkJoiner.feed), so skip
-                # building and taking apart its list.
-                return (self._call(decoded, decoded.data, decoded.timestamp_ns),)
+            if held and (decoded.pid, decoded.tid) in held:
+                # A new call ends the thread's unfinished one, which goes out first.
+                ended = self._joiner.end(decoded.pid, decoded.tid)
+                return [*(self._call(*call) for call in ended), decoded]
+            return (decoded,)
+        if isinstance(decoded, TlsChunk):
             return [self._call(*call) for call in self._joiner.feed(decoded)]
         if isinstance(decoded, Conn):
             if decoded.family == 0 and decoded.kind != "close":
@@ -310,7 +325,9 @@ class TlsLibraryModule(Module):
             found = lookup(pid, fd)
             if found is None:
                 return []
-            chunk = self._decode_data(data)
+            chunk = self.decode("events", data)
+            if not isinstance(chunk, (TlsData, TlsChunk)):
+                return []  # cannot be: the kind was checked above
             return [("socket", {"for": "data", "ts_ns": chunk.timestamp_ns, "pid": pid,
                                 "tid": chunk.tid, "uid": chunk.uid, "comm": chunk.comm,
                                 "fd": fd, **_tuple_fields(found)})]

@@ -17,12 +17,21 @@ class TextOutput:
         self.stream = stream
         self.style = Style(clock_offset_ns, hex=hex, tz=tz)
         self.shown = 0
+        self._write = stream.write
 
     def write(self, event: Event) -> None:
         text = event.text(self.style)
         if text:
-            self.stream.write(text)
+            self._write(text)
             self.shown += 1
+
+    def write_all(self, events: list[Event]) -> None:
+        """write() each event, with one write to the stream (see Pipeline)."""
+        style = self.style
+        texts = [text for event in events if (text := event.text(style))]
+        if texts:
+            self.shown += len(texts)
+            self._write("".join(texts))
 
     def summary(self) -> str:
         return f"text: {self.shown:,} events shown"

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+# Records are values: made once, never changed. Not frozen, because a frozen dataclass sets
+# each field through object.__setattr__, and replay makes hundreds of thousands of these.
+@dataclass(slots=True)
 class Record:
     """One raw event as delivered by a ring or perf buffer."""
 
@@ -21,7 +23,7 @@ class Record:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lost:
     """Events the kernel dropped because the buffer was full."""
 
@@ -31,7 +33,7 @@ class Lost:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fact:
     """What the live layer learned from the running system for a module, not from its
     probes (e.g. the 4-tuple of a socket older than the capture, read from /proc): recorded

@@ -11,6 +11,7 @@ be the beginning of a frame is a cut (``status.truncated``), not corruption.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import zlib
@@ -39,6 +40,11 @@ from ecapture.record.format import (
 from ecapture.record.migrate import check_version, migrate
 
 CHUNK = 1024 * 1024
+# Items per batch at most. A batch's records, and the events made of them, live until the
+# batch is done; past a few hundred objects that survive, Python's cyclic GC (its first
+# generation is collected every 700 allocations) walks them again and again and costs
+# more than reading them does.
+BATCH_MAX = 256
 
 _EVENT, _LOST, _END = int(FrameKind.EVENT), int(FrameKind.LOST), int(FrameKind.END)
 _FACT = int(FrameKind.FACT)
@@ -46,7 +52,11 @@ _KINDS = frozenset(int(k) for k in FrameKind)
 # Verdicts on "is there a frame at this offset?"
 _VALID, _BAD, _SHORT = 0, 1, 2  # _SHORT: it might be one, but the file ends first
 _Head = tuple[int, int, int, int, int, int, int]
-
+CRC_SIZE = CRC_CODEC.size
+# CRC-32 of any bytes followed by their own CRC-32 (little-endian): the same for all, and
+# only the right CRC gives it. So one crc32() over a frame from its kind through its CRC
+# checks it, without unpacking the CRC that the frame carries.
+_CRC_RESIDUE = zlib.crc32(zlib.crc32(b"").to_bytes(CRC_SIZE, "little"))
 
 @dataclass
 class ReadStatus:
@@ -224,12 +234,18 @@ class Reader:
             raise self._fail(str(e)) from None
 
     def __iter__(self) -> Iterator[Item]:
+        return itertools.chain.from_iterable(self.batches())
+
+    def batches(self) -> Iterator[list[Item]]:
+        """The items in batches of at most BATCH_MAX; a batch also ends before every read
+        of the file, so that a reader of a file still being written hands on all it has
+        before it waits for more. Like iteration, this can happen once."""
         if self._iterated:
             raise RuntimeError("a Reader can be iterated only once")
         self._iterated = True
-        return self._items()
+        return self._batches()
 
-    def _items(self) -> Iterator[Item]:
+    def _batches(self) -> Iterator[list[Item]]:
         w = _Window(self._file, self._data_start)
         try:
             yield from self._frames(w)
@@ -237,23 +253,52 @@ class Reader:
             raise self._fail(f"read error: {e.strerror or e}") from e
         self.bytes_read = w.end
 
-    def _frames(self, w: _Window) -> Iterator[Item]:
+    def _frames(self, w: _Window) -> Iterator[list[Item]]:
         st = self.status
         off = w.base
+        unpack_head = FRAME_HEAD_CODEC.unpack_from
+        crc32 = zlib.crc32
         while True:
+            # The hot path, inlined: the EVENT frames that the window holds whole and whose
+            # checksum is right, without a call per frame. Anything else (another kind, a
+            # frame that needs a read, damage) stops it; the general path below handles that
+            # one frame, reading and resyncing as needed, and the loop comes back here.
+            data, base = w.data, w.base
+            size = len(data)
+            pos = off - base
+            more = True
+            while more:
+                batch: list[Item] = []
+                append = batch.append
+                for _ in itertools.repeat(None, BATCH_MAX):
+                    if pos + FRAME_OVERHEAD > size:
+                        more = False
+                        break
+                    sync, kind, reserved, map_id, cpu, recv_ns, length = unpack_head(data, pos)
+                    crc_at = pos + FRAME_HEAD_SIZE + length
+                    end = crc_at + CRC_SIZE
+                    if sync != SYNC or kind != _EVENT or reserved or length > MAX_PAYLOAD \
+                            or end > size or crc32(data[pos + 4 : end]) != _CRC_RESIDUE:
+                        more = False
+                        break
+                    append(Record(map_id, cpu, recv_ns, data[pos + FRAME_HEAD_SIZE : crc_at]))
+                    pos = end
+                if batch:
+                    yield batch
+            off = base + pos
             w.keep = off
             verdict, total, head = _probe(w, off)
-            if head is not None:  # the hot path: a valid frame
+            if head is not None:  # a valid frame the hot path left to us
                 _, kind, _, map_id, cpu, recv_ns, length = head
                 at = off - w.base + FRAME_HEAD_SIZE
                 off += total
                 if kind == _EVENT:
-                    yield Record(map_id, cpu, recv_ns, w.data[at : at + length])
+                    yield [Record(map_id, cpu, recv_ns, w.data[at : at + length])]
                 elif kind == _LOST and length == LOST_CODEC.size:
-                    yield Lost(map_id, cpu, recv_ns, LOST_CODEC.unpack_from(w.data, at)[0])
+                    yield [Lost(map_id, cpu, recv_ns, LOST_CODEC.unpack_from(w.data, at)[0])]
                 elif kind == _FACT and self.format_version >= 2 and \
                         (fact := _fact(map_id, recv_ns, w.data[at : at + length])):
-                    yield fact
+                    yield [fact]
                 elif kind == _END:
                     st.clean_end = True
                     st.summary = _summary(w.data[at : at + length])

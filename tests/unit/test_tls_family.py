@@ -56,9 +56,13 @@ def run(raws: list[bytes], module: OpenSSLModule | None = None) -> list[Event]:
 
 
 def test_decode_fields() -> None:
-    piece = OpenSSLModule({}).decode("events", chunk(b"hello", 0, 5))
+    piece = OpenSSLModule({}).decode("events", chunk(b"hello", 0, 10))  # half a call
     assert piece == TlsChunk(5_000, 100, 101, 1000, "python3", 7, 0x0304, "write",
-                             "SSL_write_ex", 0xABC, 5, 4_000, 0, b"hello")
+                             "SSL_write_ex", 0xABC, 10, 4_000, 0, b"hello")
+    # A whole call in one chunk decodes straight to its event; dispatch adds the connection.
+    whole = OpenSSLModule({}).decode("events", chunk(b"hello", 0, 5))
+    assert whole == TlsData(5_000, 100, 101, 1000, "python3", 7, 0x0304, "write",
+                            "SSL_write_ex", 0xABC, b"hello", 5)
     (ev,) = run([chunk(b"hello", 0, 5)])
     assert ev == TlsData(5_000, 100, 101, 1000, "python3", 7, 0x0304, "write", "SSL_write_ex",
                          0xABC, b"hello", 5)
