@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -162,6 +163,19 @@ def endpoints(conn: Conn | None) -> dict[str, Any]:
 ConnKind = Literal["connect", "accept", "close", "proc"]
 
 
+class OnConnection:
+    """Mixin of the events that travelled on a connection, held in their ``conn`` field
+    (None: unknown): the --port and --host filters select them by it."""
+
+    __slots__ = ()
+    conn: Conn | None
+    network: ClassVar[Network] = "connection"
+
+    @property
+    def connection(self) -> Conn | None:
+        return self.conn
+
+
 @dataclass(slots=True)
 class Conn(Event):
     """A TCP connection of a traced process, or its end (kind "close"). Kind "proc": set up
@@ -207,7 +221,7 @@ class Conn(Event):
 
 
 @dataclass(slots=True)
-class TlsData(Event):
+class TlsData(OnConnection, Event):
     """The plaintext of one TLS read or write call, joined from its chunks. ``conn_id``
     identifies the TLS connection within its process (OpenSSL's SSL*, a Go *tls.Conn, ...)."""
 
@@ -221,11 +235,6 @@ class TlsData(Event):
     conn: Conn | None = None
 
     json_type: ClassVar[str] = "data"
-    network: ClassVar[Network] = "connection"
-
-    @property
-    def connection(self) -> Conn | None:
-        return self.conn
 
     @property
     def version_name(self) -> str:
@@ -240,16 +249,23 @@ class TlsData(Event):
     # and the connection's id, and holding the connection, so that an id the memo keys
     # cannot be reused by a new object while its entry lives.
 
-    def text(self, style: Style) -> str:
+    def _shared(self, style: Style, model: str,
+                build: Callable[[], tuple[str, ...]]) -> tuple[Any, ...]:
+        """(conn, *build()) from ``style.memo``, built on the first call of the thread's
+        calls on this connection."""
         conn = self.conn
-        key = ("TlsData.text", self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
+        key = (model, self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
                self.direction, self.func, id(conn))
         memo = style.memo
         shared = memo.get(key)
         if shared is None or shared[0] is not conn:
             if len(memo) >= MEMO_MAX:
                 memo.clear()
-            shared = memo[key] = (conn, *self._text_shared())
+            shared = memo[key] = (conn, *build())
+        return shared
+
+    def text(self, style: Style) -> str:
+        shared = self._shared(style, "text", self._text_shared)
         data = self.data
         size = len(data)
         missing = self.total_len - size
@@ -283,15 +299,7 @@ class TlsData(Event):
     def json_line(self, style: Style) -> str:
         """:meth:`json` encoded, byte for byte, built directly: a dict and the generic
         encoder cost several times more, and data events are the bulk of a capture."""
-        conn = self.conn
-        key = ("TlsData.json", self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
-               self.direction, self.func, id(conn))
-        memo = style.memo
-        shared = memo.get(key)
-        if shared is None or shared[0] is not conn:
-            if len(memo) >= MEMO_MAX:
-                memo.clear()
-            shared = memo[key] = (conn, self._json_shared())
+        shared = self._shared(style, "json", self._json_shared)
         data = self.data
         try:
             text, encoding = data.decode("utf-8"), '"utf-8"'
@@ -302,7 +310,7 @@ class TlsData(Event):
                 f'"length": {len(data)}, "missing": {self.total_len - len(data)}, '
                 f'"data": {json_str(text)}, "data_encoding": {encoding}}}')
 
-    def _json_shared(self) -> str:
+    def _json_shared(self) -> tuple[str]:
         """The json fields from "pid" to "remote", with the ", " after them."""
         ends = endpoints(self.conn)
         local, remote = json_text(ends["local"]), json_text(ends["remote"])
@@ -310,7 +318,7 @@ class TlsData(Event):
                 f'"comm": {json_str(self.comm)}, "fd": {self.fd}, '
                 f'"tls_version": {json_str(self.version_name)}, '
                 f'"direction": {json_str(self.direction)}, "func": {json_str(self.func)}, '
-                f'"local": {local}, "remote": {remote}, ')
+                f'"local": {local}, "remote": {remote}, ',)
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ecapture.events import Conn, Event, Network, endpoints
+from ecapture.events import Conn, Event, OnConnection, endpoints
 from ecapture.parsers.messages import Http2Frame, HttpRequest, HttpResponse, ProtocolError, Side
 from ecapture.render import Style, json_bytes
 
@@ -53,7 +53,7 @@ def _message_lines(mark: str, msg: HttpRequest | HttpResponse, style: Style) -> 
 
 
 @dataclass(slots=True)
-class HttpExchange(Event):
+class HttpExchange(OnConnection, Event):
     """A request and its response on one connection. Either may be None: a request still
     unanswered when the capture ended, a response whose request predates the capture. Its
     time is the first byte of the request (or of the response)."""
@@ -66,12 +66,6 @@ class HttpExchange(Event):
     role: Side = "client"  # what the traced process was on this connection
 
     json_type: ClassVar[str] = "http"
-    network: ClassVar[Network] = "connection"
-
-    @property
-    def connection(self) -> Conn | None:
-        return self.conn
-
     @property
     def stream_id(self) -> int | None:
         msg = self.request or self.response
@@ -116,19 +110,13 @@ class HttpExchange(Event):
 
 
 @dataclass(slots=True)
-class ProtocolNotice(Event):
+class ProtocolNotice(OnConnection, Event):
     """A parser gave up on one side of a connection; its bytes follow as raw data."""
 
     conn: Conn | None
     error: ProtocolError
 
     json_type: ClassVar[str] = "protocol_error"
-    network: ClassVar[Network] = "connection"
-
-    @property
-    def connection(self) -> Conn | None:
-        return self.conn
-
     def text_line(self) -> str:
         err = self.error
         return (f"{self.comm} pid {self.pid}  {err.protocol} parse error in the {err.side}'s "
@@ -141,19 +129,13 @@ class ProtocolNotice(Event):
 
 
 @dataclass(slots=True)
-class FrameNotice(Event):
+class FrameNotice(OnConnection, Event):
     """An HTTP/2 control frame (SETTINGS, PING, GOAWAY, RST_STREAM, ...)."""
 
     conn: Conn | None
     frame: Http2Frame
 
     json_type: ClassVar[str] = "http2_frame"
-    network: ClassVar[Network] = "connection"
-
-    @property
-    def connection(self) -> Conn | None:
-        return self.conn
-
     def text_line(self) -> str:
         f = self.frame
         extra = f" {f.detail}" if f.detail else ""

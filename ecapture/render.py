@@ -80,19 +80,19 @@ class Style:
 
     def when(self, monotonic_ns: int) -> str:
         """Wall-clock time as ``YYYY-MM-DD HH:MM:SS.ffffff+HH:MM``."""
-        us = (monotonic_ns + self.clock_offset_ns) // 1000
-        if not self._lo <= us < self._hi:
-            self._keep_second(us // 1_000_000)
-        us -= self._lo
-        return f"{self._when}{_DIGITS3[us // 1000]}{_DIGITS3[us % 1000]}{self._tail}"
+        return self._stamp(monotonic_ns, False)
 
     def iso(self, monotonic_ns: int) -> str:
         """The same time in ISO 8601 with a ``T``, for JSON."""
+        return self._stamp(monotonic_ns, True)
+
+    def _stamp(self, monotonic_ns: int, iso: bool) -> str:
         us = (monotonic_ns + self.clock_offset_ns) // 1000
         if not self._lo <= us < self._hi:
             self._keep_second(us // 1_000_000)
         us -= self._lo
-        return f"{self._iso}{_DIGITS3[us // 1000]}{_DIGITS3[us % 1000]}{self._tail}"
+        head = self._iso if iso else self._when
+        return f"{head}{_DIGITS3[us // 1000]}{_DIGITS3[us % 1000]}{self._tail}"
 
     def payload(self, data: bytes) -> str:
         return hexdump(data) if self.hex else printable(data)
