@@ -117,6 +117,7 @@ class ProtocolNotice(OnConnection, Event):
     error: ProtocolError
 
     json_type: ClassVar[str] = "protocol_error"
+
     def text_line(self) -> str:
         err = self.error
         return (f"{self.comm} pid {self.pid}  {err.protocol} parse error in the {err.side}'s "
@@ -136,6 +137,7 @@ class FrameNotice(OnConnection, Event):
     frame: Http2Frame
 
     json_type: ClassVar[str] = "http2_frame"
+
     def text_line(self) -> str:
         f = self.frame
         extra = f" {f.detail}" if f.detail else ""

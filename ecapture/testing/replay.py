@@ -16,7 +16,9 @@ from ecapture.record.reader import Reader
 from ecapture.streams import Conversations
 
 
-class _Collect:
+class Collect:
+    """An output that keeps the events it is given."""
+
     def __init__(self) -> None:
         self.events: list[Any] = []
 
@@ -30,7 +32,7 @@ class _Collect:
 def replay_events(path: str | Path, parsed: bool = False) -> list[Any]:
     """Typed events of a recording: data events as decoded, or with ``parsed`` the
     conversations' output (exchanges, raw data of unknown protocols, notices)."""
-    sink = _Collect()
+    sink = Collect()
     with Reader(str(path)) as reader:
         meta = reader.metadata
         pipeline = Pipeline(bind_from_metadata(meta), [sink],

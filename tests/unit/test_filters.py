@@ -15,25 +15,15 @@ from ecapture.events import Event
 from ecapture.filters import EventFilter
 from ecapture.pipeline import Pipeline, bind_from_metadata
 from ecapture.record.reader import Reader
+from ecapture.testing.replay import Collect
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDINGS = sorted(p for p in (ROOT / "fixtures" / "recordings").rglob("*.ecap")
                     if p.parent.name != "format")
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def write(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
 def replay(path: Path, **filters: Any) -> list[Event]:
-    sink = _Collect()
+    sink = Collect()
     with Reader(str(path)) as reader:
         meta = reader.metadata
         accept = EventFilter(clock_offset_ns=int(meta.get("clock_offset_ns", 0)), **filters)
