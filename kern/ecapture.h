@@ -26,6 +26,10 @@
 #define bpf_probe_read_user_str bpf_probe_read_str
 #endif
 
+/* The compiler forgets how v was computed, so the checks that follow bound the very
+ * register that is used afterwards. */
+#define ECAP_OPAQUE(v) asm volatile("" : "+r"(v))
+
 /* Walk [0, total) in pieces of CHUNK bytes, at most MAXN of them, calling SEND(off, n)
  * for each; SEND is false when a piece could not be sent, which ends the walk. A macro, not
  * a function: SEND sends with a map, and bcc rewrites map calls only in .c text.
@@ -33,7 +37,9 @@
  * Full pieces continue the loop and the last (partial) one ends it, so that every path
  * through an iteration either goes on with a known offset or stops: the verifier walks the
  * loop once (35k instructions for 256 pieces) instead of once per possible remainder
- * (340k). n is re-bounded to [1, CHUNK] where the verifier can see it. */
+ * (340k). n is re-bounded to [1, CHUNK] where the verifier can see it, and made opaque
+ * first: otherwise clang re-computes total - off after the test, and verifiers before 6.8
+ * or so see an unbounded length ("R2 min value is negative"). */
 #define ECAP_FOR_PIECES(total, CHUNK, MAXN, SEND)          \
     for (u32 piece_ = 0; piece_ < (MAXN); piece_++) {      \
         u64 off_ = (u64)piece_ * (CHUNK);                  \
@@ -45,6 +51,7 @@
             continue;                                      \
         }                                                  \
         u64 n_ = (total) - off_;                           \
+        ECAP_OPAQUE(n_);                                   \
         if (n_ == 0 || n_ > (CHUNK))                       \
             break;                                         \
         SEND(off_, (u32)n_);                               \
