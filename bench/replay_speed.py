@@ -1,11 +1,20 @@
-"""Replay speed: records per second through Reader -> decode -> dispatch -> text output.
+"""Replay speed: records per second read alone, and through the whole replay path
+(Reader -> source -> decode -> dispatch -> conversations -> output) for the json, text and
+text --raw models, side by side.
 
-usage: python bench/replay_speed.py [--events N] [--live] [--keep FILE]
+usage: python bench/replay_speed.py [--events N] [--live] [--keep FILE] [--use FILE]
+                                    [--repeat R] [--cli] [--ecapture DIR ...]
 
 Default: builds a recording of at least N records (100k) by repeating the real records of
 the shipped curl fixture. --live (root + bcc) instead records a real workload: one Python
-TLS connection doing N small writes, captured by `ecapture tls`. Prints figures only; no
-thresholds: compare runs made on the same machine.
+TLS connection doing N small writes, captured by `ecapture tls`. --use measures a
+recording made before (e.g. one kept with --keep) instead. The replay path is the one
+`ecapture replay` runs, writing to /dev/null through a text stream as stdout would be; each
+figure is the best of R runs (the machine may be busy with other work). --cli also times
+the command itself, `ecapture replay -m MODEL FILE > /dev/null`, interpreter start-up
+included; with --ecapture DIR (repeatable) the command is timed in each checkout, side by
+side, e.g. the current tree against `git worktree add /tmp/before <commit>`. Prints figures
+only; no thresholds: compare runs made on the same machine.
 """
 
 from __future__ import annotations
@@ -21,11 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ecapture.outputs.text import TextOutput  # noqa: E402
+from _common import checkouts  # noqa: E402
+
+from ecapture.outputs import make_output  # noqa: E402
 from ecapture.pipeline import Pipeline, bind_from_metadata, reorder_window  # noqa: E402
-from ecapture.record import Record  # noqa: E402
+from ecapture.record import Fact, Record  # noqa: E402
+from ecapture.record.format import HEADER_FIXED_CODEC, MAGIC  # noqa: E402
 from ecapture.record.reader import Reader  # noqa: E402
 from ecapture.record.writer import Writer  # noqa: E402
+from ecapture.sources import RecordingSource, run  # noqa: E402
 from ecapture.streams import Conversations  # noqa: E402
 
 FIXTURE = ROOT / "fixtures" / "recordings" / "tls" / "curl_http11.ecap"
@@ -82,34 +95,87 @@ def live(path: Path, n: int, tmp: Path) -> None:
     cap.wait(60)
 
 
-def measure(path: Path) -> None:
+# (label, model, --raw, command-line options)
+RUNS = (("json", "json", False, ["-m", "json"]), ("text", "text", False, ["-m", "text"]),
+        ("text --raw", "text", True, ["-m", "text", "--raw"]))
+
+
+def read_only(path: Path) -> tuple[float, int, int]:
+    """(seconds, records, events lost in capture) to read every item."""
     t0 = time.perf_counter()
     count = lost = 0
     for item in Reader(str(path)):
         if isinstance(item, Record):
             count += 1
         else:
-            lost += item.count
-    t_read = time.perf_counter() - t0
+            lost += getattr(item, "count", 0)
+    return time.perf_counter() - t0, count, lost
 
-    size = path.stat().st_size
-    print(f"recording:        {path} ({size / 2**20:.1f} MiB, {count} records, "
-          f"{lost} events lost in capture)")
-    print(f"read only:        {count / t_read:,.0f} records/s ({t_read:.2f} s)")
-    for label, parsed in (("text --raw", False), ("text (HTTP)", True)):
-        reader = Reader(str(path))
+
+def replay(path: Path, model: str, raw: bool) -> tuple[float, int, int]:
+    """(seconds, events output, decode errors) of `ecapture replay -m MODEL [--raw]`."""
+    with Reader(str(path)) as reader, open(os.devnull, "w") as sink:
         meta = reader.metadata
-        with open(os.devnull, "w") as sink:
-            pipeline = Pipeline(
-                bind_from_metadata(meta), [TextOutput(sink, int(meta.get("clock_offset_ns", 0)))],
-                conversations=Conversations(reorder_window(meta)) if parsed else None)
-            t0 = time.perf_counter()
-            for item in reader:
-                pipeline.feed(item)
-            pipeline.close()
-            t_full = time.perf_counter() - t0
-        print(f"replay {label + ':':13} {count / t_full:,.0f} events/s ({t_full:.2f} s), "
-              f"{pipeline.events} outputs, {pipeline.decode_errors} decode errors")
+        output = make_output(model, sink, int(meta.get("clock_offset_ns", 0)))
+        pipeline = Pipeline(bind_from_metadata(meta), [output],
+                            conversations=None if raw else Conversations(reorder_window(meta)))
+        t0 = time.perf_counter()
+        run(RecordingSource(reader), pipeline)
+        pipeline.close()
+        return time.perf_counter() - t0, pipeline.events, pipeline.decode_errors
+
+
+def cli(path: Path, options: list[str], checkout: Path = ROOT) -> float:
+    """Wall-clock seconds of the command run in CHECKOUT, start-up included."""
+    with open(os.devnull, "w") as sink:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ecapture", "replay", *options, str(path.resolve())],
+                       cwd=checkout, stdout=sink, check=True)
+        return time.perf_counter() - t0
+
+
+def as_version_1(path: Path, out: Path) -> bool:
+    """Copy PATH to OUT as a format-1 file, which checkouts older than format 2 read too; the
+    bytes differ only in the header's version. False when PATH has FACT frames (format 2)."""
+    with Reader(str(path)) as reader:
+        if any(isinstance(item, Fact) for item in reader):
+            return False
+    data = bytearray(path.read_bytes())
+    _, _, flags, length = HEADER_FIXED_CODEC.unpack_from(data)
+    HEADER_FIXED_CODEC.pack_into(data, 0, MAGIC, 1, flags, length)
+    out.write_bytes(data)
+    return True
+
+
+def measure(path: Path, repeat: int = 3, trees: list[tuple[str, Path]] | None = None) -> None:
+    """Print the table; TREES are the checkouts whose command is timed (none: no cli column).
+    When more than one checkout is compared, all of them read the same format-1 copy."""
+    if trees and len(trees) > 1:
+        with tempfile.TemporaryDirectory() as d:
+            copy = Path(d) / "v1.ecap"
+            if not as_version_1(path, copy):
+                sys.exit(f"{path} has FACT frames (format 2): older checkouts cannot read it; "
+                         "compare on a synthesized recording instead")
+            table(copy, repeat, trees)
+    else:
+        table(path, repeat, trees)
+
+
+def table(path: Path, repeat: int, trees: list[tuple[str, Path]] | None) -> None:
+    t_read, count, lost = min(read_only(path) for _ in range(repeat))
+    size = path.stat().st_size
+    print(f"recording:   {path} ({size / 2**20:.1f} MiB, {count} records, "
+          f"{lost} events lost in capture); best of {repeat}")
+    print(f"{'':14}{'records/s':>11}{'seconds':>9}{'outputs':>9}{'errors':>8}"
+          + "".join(f"{label[:10] + ' rec/s':>17}{'s':>6}" for label, _ in trees or ()))
+    print(f"{'read only':14}{count / t_read:11,.0f}{t_read:9.2f}")
+    for label, model, raw, options in RUNS:
+        t, events, errors = min(replay(path, model, raw) for _ in range(repeat))
+        line = f"{label:14}{count / t:11,.0f}{t:9.2f}{events:9}{errors:8}"
+        for _, checkout in trees or ():
+            t_cli = min(cli(path, options, checkout) for _ in range(repeat))
+            line += f"{count / t_cli:17,.0f}{t_cli:6.2f}"
+        print(line)
 
 
 def main() -> None:
@@ -118,7 +184,18 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--live", action="store_true", help="record a real workload (root + bcc)")
     ap.add_argument("--keep", type=Path, help="keep the recording here")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs (3)")
+    ap.add_argument("--cli", action="store_true",
+                    help="also time `ecapture replay` itself, start-up included")
+    ap.add_argument("--use", type=Path, help="measure this recording instead of making one")
+    ap.add_argument("--ecapture", action="append", metavar="DIR",
+                    help="with --cli: time the command in this checkout (repeatable; default: "
+                         "this one)")
     args = ap.parse_args()
+    trees = checkouts(args.ecapture) if args.cli else None
+    if args.use:
+        measure(args.use, args.repeat, trees)
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         path = args.keep or tmp / "bench.ecap"
@@ -126,7 +203,7 @@ def main() -> None:
             live(path, args.events, tmp)
         else:
             synthesize(path, args.events)
-        measure(path)
+        measure(path, args.repeat, trees)
 
 
 if __name__ == "__main__":
