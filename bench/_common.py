@@ -132,7 +132,7 @@ class Capture:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
                 start_new_session=True)
         finally:
-            if out is not subprocess.DEVNULL:
+            if not isinstance(out, int):  # a file we opened, not DEVNULL
                 out.close()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

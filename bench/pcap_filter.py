@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +55,7 @@ def _send(seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[t
     out.put((sent, matching))
 
 
-def _receive(stop: multiprocessing.Event, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _receive(stop: EventType, out: multiprocessing.Queue[int]) -> None:
     socks = []
     for port in (MATCH_PORT, OTHER_PORT):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

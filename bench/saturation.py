@@ -248,7 +248,7 @@ def main() -> None:
             watch.check(run + suffix, own)
             result = run_workload(args.clients, args.writes, args.size, cert=cert, key=key)
             watch.check(run + suffix, own)
-            rate = float(result["writes_per_s"])
+            rate = float(str(result["writes_per_s"]))
             rates.setdefault(run, []).append(rate)
             return rate
 
