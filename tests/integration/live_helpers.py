@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -68,6 +71,34 @@ def replay(path: Path, *args: str) -> str:
     return subprocess.run([*ecapture_cmd(), "replay", str(path), *args], check=True,
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TZ": "UTC"}).stdout
+
+
+@contextmanager
+def in_process_capture(module: Any, record: Path) -> Iterator[Any]:
+    """Run MODULE live in this process, recording to RECORD, for as long as the block runs;
+    yields the LiveSession. For the paths that only another kernel takes: the test first
+    makes the feature probe (ecapture.live.prereq) answer as that kernel would."""
+    from ecapture.live.drain import Drain
+    from ecapture.live.session import LiveSession
+    from ecapture.metadata import build_metadata
+    from ecapture.pipeline import bind
+    from ecapture.record.writer import Writer
+    from ecapture.sources import CaptureStats
+
+    bindings = bind([module])
+    session = LiveSession(module, bindings)
+    session.init()
+    session.start()
+    meta = build_metadata([module], bindings, extra={"live": session.describe()})
+    drain = Drain(session, Writer(record, meta), CaptureStats.for_metadata(meta))
+    drain.start()
+    try:
+        yield session
+        time.sleep(0.5)  # the last events reach the buffer after the workload's exit
+    finally:
+        drain.stop()
+        drain.join()
+        session.close()
 
 
 def unprivileged_python(workdir: Path) -> list[str]:

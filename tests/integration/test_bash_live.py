@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from live_helpers import in_process_capture
 
 from ecapture.live.prereq import has_ringbuf
 from ecapture.modules.bash import BashLine, BashModule
@@ -97,36 +97,18 @@ def test_long_line_is_cut_and_flagged(live_capture) -> None:
     assert "(cut at 1023 bytes)" in cap.replay().text()
 
 
-def test_combined_read_helpers_of_kernels_before_5_5(tmp_path: Path) -> None:
+def test_combined_read_helpers_of_kernels_before_5_5(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Kernels before 5.5 have no bpf_probe_read_user*(): the live layer builds the program
     with the combined helpers instead. Build it that way here and capture the same lines."""
-    from ecapture.live.drain import Drain
-    from ecapture.live.session import LiveSession
-    from ecapture.metadata import build_metadata
-    from ecapture.pipeline import bind
-    from ecapture.record import Record
-    from ecapture.record.reader import Reader
-    from ecapture.record.writer import Writer
-    from ecapture.sources import CaptureStats
+    from ecapture.live import prereq
+    from ecapture.testing.replay import replay_events
 
+    monkeypatch.setattr(prereq, "has_probe_read_user", lambda: False)
     module = BashModule({"bash": None, "pid": None, "uid": None})
-    bindings = bind([module])
-    session = LiveSession(module, bindings)
-    session.init()
-    session.features.probe_read_user = False
-    assert "-DHAVE_PROBE_READ_USER=0" in session.cflags(session.programs[0])
-    session.start()
-    meta = build_metadata([module], bindings)
     record = tmp_path / "old.ecap"
-    drain = Drain(session, Writer(record, meta), CaptureStats.for_metadata(meta))
-    drain.start()
-    try:
+    with in_process_capture(module, record) as session:
+        assert "-DHAVE_PROBE_READ_USER=0" in session.cflags(session.programs[0])
         pid = run_shell(["echo old-kernel-path"])
-        time.sleep(0.5)
-    finally:
-        drain.stop()
-        drain.join()
-        session.close()
-    items = list(Reader(record))
-    events = [module.decode("events", r.data) for r in items if isinstance(r, Record)]
+    events = replay_events(record)
     assert lines_of(events, pid) == ["echo SHELLPID=$$", "echo old-kernel-path", "exit"]

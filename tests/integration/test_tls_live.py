@@ -14,7 +14,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server, replay, run_client, unprivileged_python
+from live_helpers import (
+    PROGRAMS,
+    ROOT,
+    Server,
+    in_process_capture,
+    replay,
+    run_client,
+    unprivileged_python,
+)
 
 from ecapture.events import TlsData
 from ecapture.live.prereq import has_ringbuf
@@ -97,6 +105,34 @@ def test_prime_count_workload_exact_with_tuples(capture, https_server: Server) -
         path = e.data.split()[1].decode()
         assert e.conn is not None
         assert e.conn.remote == f"127.0.0.1:{local_port[path]}"
+
+
+def test_syscall_tracepoints_of_kernels_before_6_4(https_server: Server, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 6.4 have no sock:sock_send_length/sock_recv_length: the family notes
+    fds and tuples from the syscall tracepoints instead. Build it that way here and check
+    every request of the prime-count workload, both sides, for its fd and 4-tuple."""
+    from ecapture.live import prereq
+    from ecapture.modules.openssl import OpenSSLModule
+
+    monkeypatch.setattr(prereq, "has_socket_tracepoints", lambda tracefs: False)
+    module = OpenSSLModule({"libssl": None, "pid": None, "uid": None, "ifname": None})
+    record = tmp_path / "syscalls.ecap"
+    paths = [f"/old-{i:02d}" for i in range(PRIME)]
+    with in_process_capture(module, record) as session:
+        assert session.describe()["socket_hooks"] == "syscalls"
+        results = run_client(https_server.port, "get", *paths)
+    local_port = {r["path"]: r["local_port"] for r in results}
+    server = f"127.0.0.1:{https_server.port}"
+    reqs = [e for e in data_events(record) if e.data.startswith(b"GET /old-")]
+    sides = {"write": ("connect", lambda c: c.local), "read": ("accept", lambda c: c.remote)}
+    for direction, (kind, client_end) in sides.items():
+        mine = [e for e in reqs if e.direction == direction]
+        assert sorted(e.data.split()[1].decode() for e in mine) == paths, direction
+        for e in mine:
+            assert e.fd >= 0 and e.conn is not None and e.conn.kind == kind, (e.pid, e.fd, e.conn)
+            assert client_end(e.conn) == f"127.0.0.1:{local_port[e.data.split()[1].decode()]}"
+            assert server in (e.conn.local, e.conn.remote)
 
 
 def test_server_side_with_pid_filter_excludes_others(capture, https_server: Server) -> None:
