@@ -65,7 +65,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     struct ev *e = scratch.lookup(&k0);
     if (!fixed || !mode || !nofill || !next || !failed || !e)
         return 0;
-    u32 seq = __sync_fetch_and_add(next, 1);
+    /* One thread of the chosen process makes the calls, one at a time, so a plain
+     * increment is exact; a fetch-and-add whose result is used needs kernel 5.12. */
+    u32 seq = (u32)*next;
+    *next = seq + 1;
     u32 cpu = bpf_get_smp_processor_id();
 #ifdef USE_RING
     if (*mode == 1) {
