@@ -268,6 +268,22 @@ def ecapture_cmd() -> list[str]:
     return [sys.executable, "-m", "ecapture"]
 
 
+def _other_captures(own: int) -> str:
+    """Other ecapture processes still alive, for a message: one left over from an earlier
+    test slows start-up and takes the probes' CPU time."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ecapture" in argv[:3] and entry.name != str(os.getpid()):
+            found.append(f"{entry.name}: {b' '.join(argv).decode(errors='replace').strip()}")
+    return "; other ecapture processes: " + ", ".join(found) if found else ""
+
+
 ATTACH_TIMEOUT = float(os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "120"))
 
 
@@ -294,7 +310,10 @@ def live_capture(request: pytest.FixtureRequest,
             if proc.poll() is not None:
                 pytest.fail(f"ecapture {module} exited {proc.returncode}: {err.read_text()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"ecapture {module} did not attach within {ATTACH_TIMEOUT:.0f} s")
+                proc.kill()
+                pytest.fail(f"ecapture {module} did not attach within {ATTACH_TIMEOUT:.0f} s; "
+                            f"it said: {err.read_text().strip() or '(nothing)'}"
+                            f"{_other_captures(proc.pid)}")
             time.sleep(0.05)
         return cap
 

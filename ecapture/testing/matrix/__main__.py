@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the row of the host's own kernel")
     r.add_argument("--out", default="matrix-results", help="results directory")
     r.add_argument("--jobs", type=int, default=2, help="guests at once (one vCPU each)")
-    r.add_argument("--timeout", type=float, default=3600, help="seconds per guest")
+    r.add_argument("--timeout", type=float, default=7200,
+                   help="seconds per guest (the suite takes about an hour under TCG)")
     common(r)
     r.set_defaults(func=cmd_run)
 

@@ -8,8 +8,10 @@ early-boot oopses, and one retry when vng exits 255 (the guest did not come up).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 
@@ -29,8 +31,13 @@ def vng_command(kernel: Kernel, command: str, rwdirs: list[Path], cache: Path = 
     return [*cmd, "--exec", command]
 
 
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run(kernel: Kernel, command: str, rwdirs: list[Path], log: Path, cache: Path = CACHE,
-        timeout: float = 3600, retries: int = 1) -> int:
+        timeout: float = 7200, retries: int = 1) -> int:
     """The command's exit status inside the guest (vng passes it through), or 255 when the
     guest failed to boot twice. Console and command output go to ``log`` through a pipe:
     qemu truncates a regular file given as its stdout."""
@@ -42,15 +49,24 @@ def run(kernel: Kernel, command: str, rwdirs: list[Path], log: Path, cache: Path
         for attempt in range(1 + retries):
             f.write(f"$ {shlex.join(argv)}  # attempt {attempt + 1}\n")
             f.flush()
+            # A session of its own, so that a timeout stops qemu too: killing vng alone
+            # left the guest running, and its CPU time slowed every later row.
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             try:
-                done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      timeout=timeout)
+                out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
+                _kill(proc)
+                out, _ = proc.communicate()
+                f.write(out.decode(errors="replace"))
                 f.write(f"timed out after {timeout:.0f} s\n")
                 return GUEST_FAILED
-            f.write(done.stdout.decode(errors="replace"))
-            rc = done.returncode
+            except BaseException:  # ^C: the guest goes with us
+                _kill(proc)
+                raise
+            f.write(out.decode(errors="replace"))
+            rc = proc.returncode
             f.write(f"\n# exit {rc}\n")
             if rc != GUEST_FAILED:
                 break

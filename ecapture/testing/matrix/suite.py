@@ -74,7 +74,10 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
     env = {**os.environ, "ECAPTURE_SESSION_LOG": str(sessions),
            "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH"))
                                          if p),
-           "ECAPTURE_REQUIRE_LIVE": os.environ.get("ECAPTURE_REQUIRE_LIVE", "1")}
+           "ECAPTURE_REQUIRE_LIVE": os.environ.get("ECAPTURE_REQUIRE_LIVE", "1"),
+           # Under TCG, with another guest beside it, bcc's compile alone can take two
+           # minutes: more than the plugin's default wait for "probes attached".
+           "ECAPTURE_ATTACH_TIMEOUT": os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "600")}
     # -p no:cacheprovider: a guest sees the source tree read-only.
     cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
            f"--junitxml={junit}", "-o", "junit_suite_name=" + label, *suite, *pytest_args]
