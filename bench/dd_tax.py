@@ -1,14 +1,16 @@
 """The dd tax: how much a running `ecapture tls` slows a process that does nothing but
 tiny reads and writes (no TLS at all), for each checkout, in the same run.
 
-usage: python bench/dd_tax.py [--count 2000000] [--rounds 3] [--ecapture DIR]...
+usage: python bench/dd_tax.py [--count 2000000] [--rounds 5] [--ecapture DIR]...
 
 Root + bcc. Runs ``dd if=/dev/zero of=/dev/null bs=1 count=N`` (2,000,000 one-byte reads
-and as many writes) uncaptured, then while `ecapture tls` of each checkout given with
+and as many writes) uncaptured and while `ecapture tls` of each checkout given with
 --ecapture runs (repeatable; default: the current tree; stdout to /dev/null, no recording),
-then uncaptured again. Each is the best of --rounds runs, timed by dd itself (its "copied,
-S s" figure, so process start-up is not counted). Prints MB/s and the ratio to the
-uncaptured figure (the better of the two uncaptured series). Figures only, no thresholds.
+timed by dd itself (its "copied, S s" figure, so process start-up is not counted). The
+runs are interleaved: each round runs dd once uncaptured and once under a freshly started
+capture of each checkout, so that the machine's drift over the minutes of the run weighs
+on every column alike. Prints the median and the best MB/s of --rounds rounds, and each
+one's ratio to the uncaptured figure of the same kind. Figures only, no thresholds.
 Runs during which another process had BPF probes attached (``bpftool perf show``: a
 capture running elsewhere taxes every run, the uncaptured ones too) are noted below the table.
 """
@@ -20,6 +22,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,21 +41,18 @@ def dd_once(count: int) -> tuple[int, float]:
     return int(m[1]), float(m[2])
 
 
-def best_mb_s(count: int, rounds: int, watch: ForeignWatch, run: str,
-              own: list[int]) -> tuple[float, list[float]]:
+def timed(count: int, watch: ForeignWatch, run: str, own: list[int]) -> float:
+    """MB/s of one dd run."""
     watch.check(run, own)
-    rates = []
-    for _ in range(rounds):
-        nbytes, seconds = dd_once(count)
-        rates.append(nbytes / seconds / 1e6)
+    nbytes, seconds = dd_once(count)
     watch.check(run, own)
-    return max(rates), rates
+    return nbytes / seconds / 1e6
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=2_000_000, help="dd count (bs=1)")
-    ap.add_argument("--rounds", type=int, default=3, help="best of this many dd runs")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of dd runs (5)")
     ap.add_argument("--ecapture", action="append", metavar="DIR",
                     help="checkout to run `ecapture tls` from (repeatable; default: this tree)")
     args = ap.parse_args()
@@ -60,23 +60,21 @@ def main() -> None:
     targets = checkouts(args.ecapture)
 
     watch = ForeignWatch()
-    results: list[tuple[str, float, list[float]]] = []
-    before, runs = best_mb_s(args.count, args.rounds, watch, "uncaptured", [])
-    results.append(("uncaptured", before, runs))
-    for label, checkout in targets:
-        with capture(checkout, ["tls"]) as cap:
-            best, runs = best_mb_s(args.count, args.rounds, watch, f"ecapture {label}",
-                                   [cap.pid])
-        results.append((f"ecapture {label}", best, runs))
-    after, runs = best_mb_s(args.count, args.rounds, watch, "uncaptured (again)", [])
-    results.append(("uncaptured (again)", after, runs))
-    base = max(before, after)
+    runs: dict[str, list[float]] = {"uncaptured": []}
+    for _ in range(args.rounds):
+        runs["uncaptured"].append(timed(args.count, watch, "uncaptured", []))
+        for label, checkout in targets:
+            with capture(checkout, ["tls"]) as cap:
+                rate = timed(args.count, watch, f"ecapture {label}", [cap.pid])
+            runs.setdefault(f"ecapture {label}", []).append(rate)
+    base = runs["uncaptured"]
 
     print(f"\ndd tax: dd if=/dev/zero of=/dev/null bs=1 count={args.count:,}, "
-          f"best of {args.rounds}")
-    print_table(["run", "MB/s", "ratio", "all rounds (MB/s)"],
-                [[name, f"{best:.2f}", f"{best / base:.2f}",
-                  " ".join(f"{r:.2f}" for r in runs)] for name, best, runs in results])
+          f"{args.rounds} interleaved rounds")
+    print_table(["run", "median MB/s", "ratio", "best MB/s", "ratio", "all rounds (MB/s)"],
+                [[name, f"{median(r):.2f}", f"{median(r) / median(base):.2f}",
+                  f"{max(r):.2f}", f"{max(r) / max(base):.2f}",
+                  " ".join(f"{x:.2f}" for x in r)] for name, r in runs.items()])
     for note in watch.notes:
         print(note)
 
