@@ -37,9 +37,11 @@
  * Full pieces continue the loop and the last (partial) one ends it, so that every path
  * through an iteration either goes on with a known offset or stops: the verifier walks the
  * loop once (35k instructions for 256 pieces) instead of once per possible remainder
- * (340k). n is re-bounded to [1, CHUNK] where the verifier can see it, and made opaque
- * first: otherwise clang re-computes total - off after the test, and verifiers before 6.8
- * or so see an unbounded length ("R2 min value is negative"). */
+ * (340k). The last length is bounded where the verifier can see it, and in a form that
+ * verifiers before 6.8 or so follow: clang would otherwise re-compute total - off after
+ * the test ("R2 min value is negative") or fold the two tests of n into one range check
+ * whose lower bound they lose ("size=0"). So it is n - 1, opaque to clang, tested once
+ * against CHUNK and passed on as (n - 1) + 1, in [1, CHUNK]. */
 #define ECAP_FOR_PIECES(total, CHUNK, MAXN, SEND)          \
     for (u32 piece_ = 0; piece_ < (MAXN); piece_++) {      \
         u64 off_ = (u64)piece_ * (CHUNK);                  \
@@ -50,11 +52,11 @@
                 break;                                     \
             continue;                                      \
         }                                                  \
-        u64 n_ = (total) - off_;                           \
-        ECAP_OPAQUE(n_);                                   \
-        if (n_ == 0 || n_ > (CHUNK))                       \
+        u64 m_ = (total) - off_ - 1;                       \
+        ECAP_OPAQUE(m_);                                   \
+        if (m_ >= (CHUNK))                                 \
             break;                                         \
-        SEND(off_, (u32)n_);                               \
+        SEND(off_, (u32)(m_ + 1));                         \
         break;                                             \
     }
 
