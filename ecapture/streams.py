@@ -190,8 +190,6 @@ class Conversations:
                 conv.parser = Http2Parser()
             for h in held:
                 self._to_parser(conv, h, out)
-        elif conv.parser is None:
-            out.append(ev)  # decided raw (an unknown protocol): the event as it came
         else:
             self._to_parser(conv, ev, out)
 

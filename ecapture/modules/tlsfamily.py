@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ecapture.assemble import ChunkJoiner, ConnTable, PacketChunk, PacketJoiner, TlsChunk
 from ecapture.errors import ConfigError, DecodeError
@@ -212,14 +212,13 @@ class TlsLibraryModule(Module):
             if len(self._comms) >= COMM_CACHE_MAX:
                 self._comms.clear()
             comm = self._comms[raw_comm] = comm_str(raw_comm)
+        way: Literal["read", "write"] = "write" if direction == 1 else "read"
+        name = self._functions.get(func, "?")
         if offset == 0 and data_len >= total_len:
-            return TlsData(ts, pid, tid, uid, comm, fd, version,
-                           "write" if direction == 1 else "read",
-                           self._functions.get(func, "?"), conn_id, data[size:end], total_len)
-        return TlsChunk(ts, pid, tid, uid, comm, fd, version,
-                        "write" if direction == 1 else "read",
-                        self._functions.get(func, "?"), conn_id, total_len, start_ns, offset,
-                        data[size:end])
+            return TlsData(ts, pid, tid, uid, comm, fd, version, way, name, conn_id,
+                           data[size:end], total_len)
+        return TlsChunk(ts, pid, tid, uid, comm, fd, version, way, name, conn_id, total_len,
+                        start_ns, offset, data[size:end])
 
     def _decode_other(self, map_name: str, data: bytes) -> Decoded:
         if len(data) < 4:

@@ -27,10 +27,7 @@ class JsonOutput:
         return event.json(self.style)
 
     def write(self, event: Event) -> None:
-        line = event.json_line(self.style)
-        if line is not None:
-            self._write(f"{line}\n")
-            self.written += 1
+        self.write_all([event])
 
     def write_all(self, events: list[Event]) -> None:
         """write() each event, with one write to the stream (see Pipeline)."""

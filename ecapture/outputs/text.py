@@ -20,10 +20,7 @@ class TextOutput:
         self._write = stream.write
 
     def write(self, event: Event) -> None:
-        text = event.text(self.style)
-        if text:
-            self._write(text)
-            self.shown += 1
+        self.write_all([event])
 
     def write_all(self, events: list[Event]) -> None:
         """write() each event, with one write to the stream (see Pipeline)."""
