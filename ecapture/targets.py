@@ -88,6 +88,41 @@ def find_library(patterns: Iterable[str], pid: int | None = None) -> str | None:
     return None
 
 
+def locate_library(patterns: Iterable[str], symbols: Iterable[str], what: str,
+                   pid: int | None = None, hint: str = "") -> str:
+    """The file a TLS library module attaches to, or AttachError in one line.
+
+    With a pid: a library the process maps whose name matches ``patterns``, else the
+    process's own executable if it defines ``symbols`` (linked statically, as node is).
+    Never the system's library: probes there would never fire for that process. Without a
+    pid: as :func:`find_library`. The result is a real path (uprobes attach to inodes)."""
+    symbols = tuple(symbols)
+    if pid is not None:
+        regexes = [re.compile(p) for p in patterns]
+        mapped = libraries_of_process(pid)
+        for rx in regexes:
+            for path in mapped:
+                if rx.fullmatch(os.path.basename(path)):
+                    return os.path.realpath(path)
+        try:
+            exe = os.path.realpath(f"/proc/{pid}/exe")
+        except OSError:
+            exe = ""
+        if exe and os.path.isfile(exe):
+            try:
+                defined = elf_symbols(exe)
+            except AttachError:
+                defined = frozenset()
+            if all(s in defined for s in symbols):
+                return exe
+        raise AttachError(f"process {pid} maps no {what} and its executable {exe or '?'} "
+                          f"does not link it statically{hint}")
+    found = find_library(patterns)
+    if found is None:
+        raise AttachError(f"{what} not found on this system{hint}")
+    return os.path.realpath(found)
+
+
 # Elf32_Sym / Elf64_Sym as laid out in the file (without the byte-order prefix):
 # (st_name, st_info, st_shndx) are what we read.
 _SYM = {32: ("IIIBBH", 0, 3, 5), 64: ("IBBHQQ", 0, 1, 3)}

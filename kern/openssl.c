@@ -14,7 +14,9 @@
 #define SSL_VERSION_OFFSET -1
 #endif
 
-#ifdef CAPTURE_KEYS
+#if defined(CAPTURE_KEYS) && !defined(LIBRARY_EMIT_KEYS)
+/* A library with OpenSSL's API but other structs (BoringSSL) compiles its own file before
+ * this one, defines LIBRARY_EMIT_KEYS and its own emit_keys(ctx, ssl). */
 /* Keys: once per connection, at its first successful read or write. An SSL* is reused
  * after SSL_free, so a connection is (pid, SSL*) plus its client random. */
 BPF_TABLE("lru_hash", struct tls_conn_key_t, u64, keys_sent, 65536);

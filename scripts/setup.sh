@@ -16,9 +16,11 @@ else
     # bcc and its tools; headers; the real programs the live tests drive (curl, openssl,
     # nghttp2's server and client for HTTP/2); jq, which checks the json model; tshark,
     # which decrypts the pcap model's files; tcpdump, whose libpcap compiles the pcap
-    # model's filter expressions.
+    # model's filter expressions; the clients and servers of the other TLS libraries
+    # (GnuTLS, NSS, BoringSSL).
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
-          nghttp2-server nghttp2-client jq tshark tcpdump ca-certificates python3-venv)
+          nghttp2-server nghttp2-client jq tshark tcpdump ca-certificates python3-venv
+          gnutls-bin wget libnss3-tools android-boringssl)
     mapfile -t missing < <(missing_packages "${pkgs[@]}")
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"

@@ -19,7 +19,13 @@ from ecapture.modules.openssl_offsets import KeyOffsets, key_offsets
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS, TlsLibraryModule
 from ecapture.structs.layout import header_codec
 from ecapture.structs.openssl import EVENT_MASTER_SECRET, MASTER_SECRET
-from ecapture.targets import build_id, elf_symbols, find_library, needed_libraries, scan_version
+from ecapture.targets import (
+    build_id,
+    elf_symbols,
+    locate_library,
+    needed_libraries,
+    scan_version,
+)
 from ecapture.tlskeys import MasterSecret
 
 # Preference order: OpenSSL 3 first. Exact names: Debian's libssl3.so is NSS, not OpenSSL.
@@ -80,11 +86,9 @@ class OpenSSLModule(TlsLibraryModule):
             raise ConfigError(f"--libssl {libssl}: no such file")
 
     def init(self) -> None:
-        path = self.config.get("libssl") or find_library(LIBSSL_PATTERNS, self.config.get("pid"))
-        if path is None:
-            where = f"process {self.config['pid']}" if self.config.get("pid") else "this system"
-            raise AttachError(f"libssl not found in {where}: install OpenSSL (apt-get install "
-                              "libssl3) or pass --libssl PATH")
+        path = self.config.get("libssl") or locate_library(
+            LIBSSL_PATTERNS, ("SSL_read", "SSL_write"), "OpenSSL libssl", self.config.get("pid"),
+            ": install OpenSSL (apt-get install libssl3) or pass --libssl PATH")
         path = os.path.realpath(path)
         symbols = elf_symbols(path)
         for required in ("SSL_read", "SSL_write"):

@@ -105,6 +105,10 @@ class TlsLibraryModule(Module):
     library_structs: ClassVar[Mapping[int, KernelStruct]] = {}
     #: the library's function names, by the ``func`` number its kernel code sends
     functions: ClassVar[Mapping[int, str]] = {}
+    #: the kern/ files compiled after the family's, in order: by default ``source``. A
+    #: library whose API is another's (BoringSSL's is OpenSSL's) lists that one's file first
+    #: and adds its own, which reads only what differs (the secrets).
+    library_sources: ClassVar[tuple[str, ...]] = ()
     maps: ClassVar[tuple[EventMap, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -175,7 +179,8 @@ class TlsLibraryModule(Module):
         return flags + self.library_cflags()
 
     def programs(self, features: Features) -> list[Program]:
-        programs = [Program("main", (self.family_source, self.source),
+        programs = [Program("main", (self.family_source,
+                                      *(self.library_sources or (self.source,))),
                             tuple(self.cflags(features)), tuple(self.probes(features)))]
         ifname = self.config.get("ifname")
         if self.config.get("capture_packets") and ifname:
