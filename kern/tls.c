@@ -17,6 +17,12 @@
  * registers. Elsewhere (SOCKET_HOOKS=0) the syscalls:* tracepoints do it, and every syscall
  * of the host pays for them.
  *
+ * A library driven over memory buffers (node) does no socket I/O inside its calls: the
+ * thread writes the call's ciphertext right after it returns, so a connection whose call
+ * ended without a known fd takes the fd of the thread's next socket I/O (tls_pending).
+ * With syscall tracepoints a read or write inside a call may be a pipe or a file: such a
+ * guess is kept only until a known TCP socket says otherwise (tls_fd_t.sure).
+ *
  * Which 4-tuple: sock:inet_sock_set_state sees every TCP connection reach ESTABLISHED with
  * its addresses, in the connecting thread for an active open (SYN_SENT) and in softirq for
  * a passive one. A passive open's owner is the first traced process doing I/O on it.
@@ -73,8 +79,68 @@ struct tls_conn_key_t {
 
 BPF_HASH(tls_calls, u32, struct tls_call_t, 16384);           /* tid -> call in progress */
 BPF_HASH(tls_handshakes, u32, u64, 16384);                    /* tid -> conn in a handshake */
-BPF_TABLE("lru_hash", struct tls_conn_key_t, s32, tls_fds, 65536); /* (pid, conn) -> fd */
+/* Which fd a connection uses. `sure` is 0 for an fd seen only as a read or write inside a
+ * call with syscall tracepoints: it may be a pipe or a file the library touched, and a
+ * socket seen later replaces it. */
+struct tls_fd_t {
+    s32 fd;
+    u32 sure;
+};
+BPF_TABLE("lru_hash", struct tls_conn_key_t, struct tls_fd_t, tls_fds, 65536); /* (pid, conn) */
 BPF_PERCPU_ARRAY(tls_heap, struct ssl_data_event_t, 1); /* too big for the 512-byte stack */
+/* Libraries driven over memory buffers (node's TLS, many event loops) do their socket I/O
+ * outside the library's calls: the thread writes the ciphertext a call produced right
+ * after the call returns. A connection whose call ended with its fd still unknown waits
+ * here for the thread's next socket I/O. */
+BPF_HASH(tls_pending, u32, struct tls_conn_key_t, 16384); /* tid -> conn awaiting its fd */
+/* (pid << 32 | fd) -> conn: when the socket closes, its fd may next name another
+ * connection, and a connection object (SSL*) freed and reused must not inherit it. */
+BPF_TABLE("lru_hash", u64, u64, tls_fd_conns, 65536);
+
+static __always_inline void tls_note_fd(struct tls_conn_key_t *key, s32 fd, u32 sure) {
+    struct tls_fd_t v = {.fd = fd, .sure = sure};
+    if (!sure) {
+        struct tls_fd_t *known = tls_fds.lookup(key);
+        if (known)
+            return; /* a guess never replaces what is known */
+    }
+    tls_fds.update(key, &v);
+    u64 pidfd = ((u64)key->pid << 32) | (u32)fd;
+    u64 conn = key->conn;
+    tls_fd_conns.update(&pidfd, &conn);
+}
+
+static __always_inline void tls_await_fd(u64 id, u64 conn) {
+    struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = conn};
+    struct tls_fd_t *known = tls_fds.lookup(&key);
+    if (known && known->sure)
+        return;
+    u32 tid = (u32)id;
+    tls_pending.update(&tid, &key);
+}
+
+/* The connection a call of this thread left waiting for its fd, if any (taken). */
+static __always_inline int tls_pending_take(struct tls_conn_key_t *out) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_conn_key_t *key = tls_pending.lookup(&tid);
+    if (!key)
+        return 0;
+    *out = *key;
+    tls_pending.delete(&tid);
+    return 1;
+}
+
+static __always_inline void tls_forget_fd(u32 pid, s32 fd) {
+    u64 pidfd = ((u64)pid << 32) | (u32)fd;
+    u64 *conn = tls_fd_conns.lookup(&pidfd);
+    if (!conn)
+        return;
+    struct tls_conn_key_t key = {.pid = pid, .pad = 0, .conn = *conn};
+    struct tls_fd_t *known = tls_fds.lookup(&key);
+    if (known && known->fd == fd)
+        tls_fds.delete(&key);
+    tls_fd_conns.delete(&pidfd);
+}
 
 static __always_inline void tls_call_enter(u64 conn, u64 buf, u64 len_ptr, u32 func) {
     u64 id = bpf_get_current_pid_tgid();
@@ -91,12 +157,14 @@ static __always_inline void tls_call_enter(u64 conn, u64 buf, u64 len_ptr, u32 f
 }
 
 static __always_inline int tls_call_take(struct tls_call_t *out) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
     struct tls_call_t *call = tls_calls.lookup(&tid);
     if (!call)
         return 0;
     *out = *call;
     tls_calls.delete(&tid);
+    tls_await_fd(id, out->conn);
     return 1;
 }
 
@@ -109,8 +177,14 @@ static __always_inline void tls_handshake_enter(u64 conn) {
 }
 
 static __always_inline void tls_handshake_exit(void) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    u64 *conn = tls_handshakes.lookup(&tid);
+    if (!conn)
+        return;
+    u64 c = *conn;
     tls_handshakes.delete(&tid);
+    tls_await_fd(id, c);
 }
 
 /* One chunk of a call's plaintext; 0 when the kernel would not copy it. */
@@ -153,8 +227,8 @@ static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8
     ev->total_len = total > 0xffffffffULL ? 0xffffffffU : (u32)total;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = call->conn};
-    s32 *fd = tls_fds.lookup(&key);
-    ev->fd = fd ? *fd : -1;
+    struct tls_fd_t *fd = tls_fds.lookup(&key);
+    ev->fd = fd ? fd->fd : -1;
 
     u64 buf = call->buf;
 #define TLS_SEND_CHUNK(off, n) tls_send_chunk(ctx, ev, buf, off, n)
@@ -302,8 +376,15 @@ static __always_inline void socket_io(void *ctx, u64 sock, u16 protocol) {
     struct established_t *est = passive.lookup(&sock);
     struct tls_conn_key_t key = {};
     int in_call = tls_in_call(&key);
-    if (!est && !in_call)
-        return; /* the common case: one or two lookups and out */
+    if (!est && !in_call) {
+        /* The common case: a few lookups and out. */
+        if (tls_pending_take(&key)) {
+            s32 fd = io_syscall_fd();
+            if (fd >= 0)
+                tls_note_fd(&key, fd, 1);
+        }
+        return;
+    }
     s32 fd = io_syscall_fd();
     if (est) {
         u64 id = bpf_get_current_pid_tgid();
@@ -317,7 +398,7 @@ static __always_inline void socket_io(void *ctx, u64 sock, u16 protocol) {
         }
     }
     if (in_call && fd >= 0)
-        tls_fds.update(&key, &fd);
+        tls_note_fd(&key, fd, 1);
 }
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
@@ -344,6 +425,9 @@ static __always_inline void forget_passive(u64 sock) {
     passive.delete(&sock);
 }
 
+static __always_inline void socket_owned(u32 pid, s32 fd) {}
+static __always_inline void socket_closed(u32 pid, s32 fd) { tls_forget_fd(pid, fd); }
+
 #else
 /* ---- socket I/O with syscall tracepoints (kernels before 6.4) --------------------- */
 
@@ -357,22 +441,49 @@ BPF_HASH(connect_fds, u32, s32, 16384);  /* tid -> fd in connect() */
 BPF_HASH(accept_addrs, u32, u64, 16384); /* tid -> user sockaddr* */
 BPF_TABLE("lru_hash", struct peer_key_t, struct established_t, accepted, 16384);
 
-static __always_inline void note_fd(long fd) {
-    struct tls_conn_key_t key = {};
-    if (!tls_in_call(&key))
-        return;
-    s32 v = (s32)fd;
-    tls_fds.update(&key, &v);
+/* The TCP sockets of traced processes, known from their connect() and accept(): a
+ * syscall's fd may be a file (node logs to stdout between its TLS calls and its socket
+ * writes), and only a socket may end a connection's wait for its fd. */
+BPF_TABLE("lru_hash", u64, u8, tcp_fds, 65536); /* pid << 32 | fd */
+
+static __always_inline void socket_owned(u32 pid, s32 fd) {
+    u64 pidfd = ((u64)pid << 32) | (u32)fd;
+    u8 one = 1;
+    if (fd >= 0)
+        tcp_fds.update(&pidfd, &one);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { note_fd(args->fd); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { note_fd(args->fd); return 0; }
+static __always_inline void socket_closed(u32 pid, s32 fd) {
+    u64 pidfd = ((u64)pid << 32) | (u32)fd;
+    tcp_fds.delete(&pidfd);
+    tls_forget_fd(pid, fd);
+}
+
+/* sure: the syscall works on sockets only (sendto, recvmsg, ...). */
+static __always_inline void note_fd(long fd, u32 sure) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 pidfd = (id & 0xffffffff00000000ULL) | (u32)fd;
+    struct tls_conn_key_t key = {};
+    s32 v = (s32)fd;
+    if (tls_in_call(&key)) {
+        tls_note_fd(&key, v, sure || tcp_fds.lookup(&pidfd));
+        return;
+    }
+    u32 tid = (u32)id;
+    if (!tls_pending.lookup(&tid))
+        return;
+    if ((sure || tcp_fds.lookup(&pidfd)) && tls_pending_take(&key))
+        tls_note_fd(&key, v, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { note_fd(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { note_fd(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { note_fd(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { note_fd(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { note_fd(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { note_fd(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { note_fd(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { note_fd(args->fd, 0); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     u64 id = bpf_get_current_pid_tgid();
@@ -430,6 +541,7 @@ static __always_inline int accept_exit(void *ctx, long ret) {
 
     struct owner_t o = {};
     fill_owner(&o, id, (s32)ret);
+    socket_owned(o.pid, o.fd);
     struct peer_key_t key = {};
     if (addr != 0) {
         /* The kernel has just written the peer's address into the caller's buffer. */
@@ -506,6 +618,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         TUPLE_OF(&est, args);
         tracked.update(&sock, &saved);
         connecting.delete(&sock);
+        socket_owned(saved.pid, saved.fd);
         emit_conn(args, &saved, CONN_CONNECT, sock, &est);
         return 0;
     }
@@ -526,6 +639,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct established_t est = {};
         est.family = args->family;
         tracked.delete(&sock);
+        socket_closed(saved.pid, saved.fd);
         emit_conn(args, &saved, CONN_CLOSE, sock, &est);
     }
     return 0;
