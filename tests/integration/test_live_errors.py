@@ -76,3 +76,23 @@ def test_library_not_found_for_a_process_without_it() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def _tls_library_modules() -> list[str]:
+    from ecapture import modules
+    from ecapture.modules.tlsfamily import TlsLibraryModule
+
+    return [m.name for m in modules.MODULES if issubclass(m, TlsLibraryModule)]
+
+
+@pytest.mark.parametrize("name", _tls_library_modules())
+def test_every_tls_library_refuses_a_pid_that_maps_none(name: str) -> None:
+    """--pid picks the library the process maps; a process with none of it gets one line
+    naming the process, not probes on the system's copy that would never fire for it."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        out = ecap(name, "--pid", str(sleeper.pid))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    one_line_error(out, f"process {sleeper.pid} maps no ")
