@@ -6,11 +6,13 @@ from __future__ import annotations
 from ecapture.errors import ConfigError
 from ecapture.modules.base import Module
 from ecapture.modules.bash import BashModule
+from ecapture.modules.boringssl import BoringSSLModule
 from ecapture.modules.openssl import OpenSSLModule
 
 MODULES: tuple[type[Module], ...] = (
     OpenSSLModule,
     BashModule,
+    BoringSSLModule,
 )
 
 
