@@ -5,8 +5,8 @@
  * the family (tls_call_enter/tls_call_take/tls_send_data); SSL_do_handshake marks the
  * handshake, whose socket I/O tells the connection's fd before its first read.
  *
- * Version-specific offsets (SSL_VERSION_OFFSET, OFF_* of the secrets) arrive as -D flags
- * from ecapture/modules/openssl.py and openssl_offsets.py.
+ * Version-specific offsets (SSL_VERSION_OFFSET, OFF_* of the secrets, OFF_S3 for 1.1.1)
+ * arrive as -D flags from ecapture/modules/openssl.py and openssl_offsets.py.
  */
 #include "openssl.h"
 
@@ -22,11 +22,26 @@
 BPF_TABLE("lru_hash", struct tls_conn_key_t, u64, keys_sent, 65536);
 BPF_PERCPU_ARRAY(key_heap, struct master_secret_event_t, 1);
 
+/* Where the connection's client random is. OpenSSL 1.1.1's ssl_st points at its
+ * ssl3_state_st (OFF_S3 is that pointer's offset); 3.x embeds it. 0: not allocated. */
+static __always_inline u64 client_random_at(u64 ssl) {
+#ifdef OFF_S3
+    u64 s3 = 0;
+    read_user(&s3, sizeof(s3), ssl + OFF_S3);
+    return s3 ? s3 + OFF_CLIENT_RANDOM : 0;
+#else
+    return ssl + OFF_CLIENT_RANDOM;
+#endif
+}
+
 static __always_inline void emit_keys(void *ctx, u64 ssl) {
     u64 id = bpf_get_current_pid_tgid();
     struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = ssl};
+    u64 random = client_random_at(ssl);
+    if (!random)
+        return;
     u64 random_head = 0;
-    read_user(&random_head, sizeof(random_head), ssl + OFF_CLIENT_RANDOM);
+    read_user(&random_head, sizeof(random_head), random);
     u64 *sent = keys_sent.lookup(&key);
     if (sent && *sent == random_head)
         return;
@@ -42,7 +57,7 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     ev->ssl = ssl;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     read_user(&ev->version, sizeof(ev->version), ssl + SSL_VERSION_OFFSET);
-    read_user(ev->client_random, sizeof(ev->client_random), ssl + OFF_CLIENT_RANDOM);
+    read_user(ev->client_random, sizeof(ev->client_random), random);
     u64 session = 0;
     read_user(&session, sizeof(session), ssl + OFF_SESSION);
     if (session) {
@@ -93,6 +108,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
     s32 version = 0;
 #if SSL_VERSION_OFFSET >= 0
     read_user(&version, sizeof(version), call.conn + SSL_VERSION_OFFSET);
+    version &= 0xffff; /* BoringSSL keeps a u16 there, with another field beside it */
 #endif
     tls_send_data(ctx, &call, direction, total, version);
     return 0;

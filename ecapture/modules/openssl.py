@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import Event, Fragment, comm_str
@@ -30,9 +30,11 @@ from ecapture.tlskeys import MasterSecret
 
 # Preference order: OpenSSL 3 first. Exact names: Debian's libssl3.so is NSS, not OpenSSL.
 LIBSSL_PATTERNS = (r"libssl\.so\.3", r"libssl\.so\.1\.1", r"libssl\.so")
-VERSION_RE = rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)[ -]"
+VERSION_RE = rb"OpenSSL (\d+\.\d+\.\d+[a-z]?(?:\+quic)?)[ -]"
 
 FUNCS = {0: "SSL_read", 1: "SSL_write", 2: "SSL_read_ex", 3: "SSL_write_ex"}
+#: Functions BoringSSL's libssl exports and OpenSSL's does not: how it is recognised.
+BORINGSSL_ONLY = ("SSL_CTX_set_custom_verify", "SSL_set_renegotiate_mode")
 
 
 def ssl_version_offset(version: str | None) -> int | None:
@@ -62,7 +64,7 @@ class OpenSSLModule(TlsLibraryModule):
     aliases = ("openssl",)
     help = "capture OpenSSL TLS plaintext (SSL_read/SSL_write and the _ex calls) with 4-tuples"
     source = "openssl.c"
-    options = (
+    options: ClassVar[tuple[Option, ...]] = (
         Option(("--libssl",), "libssl", "path of libssl.so or of a binary linking OpenSSL "
                "statically (default: from the target pid's mappings, then ldconfig)",
                metavar="PATH"),
@@ -77,6 +79,7 @@ class OpenSSLModule(TlsLibraryModule):
         self.libssl: str | None = None
         self.version: str | None = None
         self.key_offsets: KeyOffsets | None = None
+        self.boringssl = False
         self._secrets = header_codec(MASTER_SECRET.decl)
 
     def check(self) -> None:
@@ -97,11 +100,15 @@ class OpenSSLModule(TlsLibraryModule):
                                   "OpenSSL's libssl, or a binary that links it statically with "
                                   "symbols")
         self.libssl = path
+        self.boringssl = not symbols.isdisjoint(BORINGSSL_ONLY)
         self.version = self._detect_version(path)
         self.key_offsets = key_offsets(self.version)
         self.targets = [Target(path, self.version and f"OpenSSL {self.version}", build_id(path))]
 
     def require_keys(self) -> None:
+        if self.boringssl:
+            raise AttachError(f"{self.libssl} is BoringSSL: capture its keys with `ecapture "
+                              "boringssl`; plaintext capture still works here")
         if self.key_offsets is None or ssl_version_offset(self.version) is None:
             found = f"OpenSSL {self.version}" if self.version else "an unrecognised version"
             raise AttachError(f"{self.libssl} is {found}, for which ecapture knows no struct "

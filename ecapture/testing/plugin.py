@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -52,6 +52,14 @@ MARKERS = (
 
 def require_live() -> bool:
     return os.environ.get(REQUIRE_LIVE_ENV) == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Inside a live test: what it needs cannot be had here. Skips with the reason, and
+    fails under ECAPTURE_REQUIRE_LIVE=1 as the plugin's own checks do."""
+    if require_live():
+        pytest.fail(f"{REQUIRE_LIVE_ENV}=1 but this test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 # -- requirement checks (pure where possible, so they can be unit tested) ------------------
