@@ -31,7 +31,7 @@ from ecapture.modules.boringssl_offsets import (
     boringssl_offsets,
     normalise_release,
 )
-from ecapture.modules.openssl import FUNCS, OpenSSLModule
+from ecapture.modules.openssl import BORINGSSL_ONLY, FUNCS, OpenSSLModule
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS
 from ecapture.structs.boringssl import (
     BORINGSSL_SECRET,
@@ -48,8 +48,6 @@ from ecapture.targets import (
     needed_libraries,
 )
 
-#: Functions BoringSSL's libssl exports and OpenSSL's does not: how it is recognised.
-BORINGSSL_ONLY = ("SSL_CTX_set_custom_verify", "SSL_set_renegotiate_mode")
 LIBSSL_PATTERNS = (r"libssl\.so(\.\d+)*",)
 # Where BoringSSL's libssl is installed beside (not instead of) OpenSSL's: Debian and
 # Ubuntu's android-libboringssl, then Android's (the Conscrypt APEX, then /system).
@@ -246,13 +244,16 @@ class BoringSSLModule(OpenSSLModule):
         return probes
 
     def library_cflags(self) -> list[str]:
-        # No SSL_VERSION_OFFSET: openssl.c reads an int there, BoringSSL keeps a uint16_t
-        # beside another field, so data events say "?" rather than a wrong version.
-        if self.offsets is None or not self._keys_possible():
+        if self.offsets is None:
             return []
+        # ssl_st.version is a uint16_t beside another field: openssl.c keeps the low half.
+        flags = ([f"-DSSL_VERSION_OFFSET=0x{self.offsets.ssl_version:x}"]
+                 if self.offsets.ssl_version is not None else [])
+        if not self._keys_possible():
+            return flags
         # Keys travel with every capture whose release is known, so a recording made for
         # plaintext can still give a key log or pcap later.
-        return ["-DCAPTURE_KEYS=1", *self.offsets.cflags()]
+        return [*flags, "-DCAPTURE_KEYS=1", *self.offsets.cflags()]
 
     def decode_library(self, kind: int, data: bytes) -> Decoded:
         if kind != EVENT_BORINGSSL_SECRET:

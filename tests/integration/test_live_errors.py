@@ -96,3 +96,14 @@ def test_every_tls_library_refuses_a_pid_that_maps_none(name: str) -> None:
         sleeper.kill()
         sleeper.wait()
     one_line_error(out, f"process {sleeper.pid} maps no ")
+
+
+def test_tls_on_boringssl_points_to_its_module(tmp_path: Path) -> None:
+    from ecapture.modules.boringssl import find_boringssl
+    from ecapture.testing.plugin import unavailable
+
+    libssl = find_boringssl()
+    if libssl is None:
+        unavailable("no BoringSSL libssl on this machine (apt-get install android-boringssl)")
+    out = ecap("tls", "--libssl", libssl, "-m", "keylog", "-k", str(tmp_path / "k.log"))
+    one_line_error(out, "is BoringSSL: capture its keys with `ecapture boringssl`")
