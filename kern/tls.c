@@ -4,6 +4,7 @@
  * as one text: see prelude.c for why. The library's probes call these helpers:
  *   tls_call_enter()    at a read/write function's entry: remember buffer and connection;
  *   tls_call_take()     at its return: take that back;
+ *   tls_call_active()   whether an outer exported function already noted this call;
  *   tls_send_data()     send what the call transferred, in TLS_CHUNK_SIZE chunks;
  *   tls_handshake_enter()/_exit() around the handshake, whose socket I/O tells the fd early.
  *
@@ -154,6 +155,15 @@ static __always_inline void tls_call_enter(u64 conn, u64 buf, u64 len_ptr, u32 f
     call.start_ns = bpf_ktime_get_ns();
     call.func = func;
     tls_calls.update(&tid, &call);
+}
+
+/* Whether this thread is already inside the call (conn, buf, func): a library function
+ * that jumps into another exported one (GnuTLS's record_send into record_send2) must not
+ * make that one call two. */
+static __always_inline int tls_call_active(u64 conn, u64 buf, u32 func) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct tls_call_t *call = tls_calls.lookup(&tid);
+    return call && call->func == func && call->conn == conn && call->buf == buf;
 }
 
 static __always_inline int tls_call_take(struct tls_call_t *out) {

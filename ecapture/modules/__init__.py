@@ -7,12 +7,14 @@ from ecapture.errors import ConfigError
 from ecapture.modules.base import Module
 from ecapture.modules.bash import BashModule
 from ecapture.modules.boringssl import BoringSSLModule
+from ecapture.modules.gnutls import GnuTLSModule
 from ecapture.modules.openssl import OpenSSLModule
 
 MODULES: tuple[type[Module], ...] = (
     OpenSSLModule,
     BashModule,
     BoringSSLModule,
+    GnuTLSModule,
 )
 
 
