@@ -25,7 +25,7 @@ from live_helpers import PROGRAMS, ROOT, Server
 
 from ecapture.events import TlsData
 from ecapture.testing.debs import Unpacked, unpack_or_skip
-from ecapture.testing.plugin import REQUIRE_LIVE_ENV, require_live
+from ecapture.testing.plugin import unavailable
 from ecapture.testing.replay import replay_events
 
 NODE = shutil.which("node")
@@ -40,22 +40,16 @@ NODE18 = ("nodejs", "libnode108", "libbrotli1", "libc-ares2", "libuv1", "libnght
 pytestmark = [pytest.mark.ecapture_module("tls")]
 
 
-def cannot_run(reason: str) -> None:
-    if require_live():
-        pytest.fail(f"{REQUIRE_LIVE_ENV}=1 but this test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def static_node() -> str:
     """The node on PATH, if it links OpenSSL statically."""
     from ecapture.targets import elf_symbols
 
     if NODE is None:
-        cannot_run("node is not installed")
+        unavailable("node is not installed")
     exe = os.path.realpath(str(NODE))
     if "SSL_write" not in elf_symbols(exe):
-        cannot_run(f"{exe} does not link OpenSSL statically")
+        unavailable(f"{exe} does not link OpenSSL statically")
     return exe
 
 
@@ -69,7 +63,7 @@ def node18_cmd(pkg: Unpacked) -> list[str]:
     /usr/share over the host's (read-only), where node looks for its shipped-apart
     modules. Its libraries come from LD_LIBRARY_PATH, libssl.so.3 from the host."""
     if shutil.which("unshare") is None:
-        cannot_run("unshare (util-linux) is not installed")
+        unavailable("unshare (util-linux) is not installed")
     script = ('mount -t overlay overlay -o "lowerdir=$1/usr/share:/usr/share" /usr/share '
               '&& shift && exec "$@"')
     return ["unshare", "-m", "sh", "-c", script, "sh", str(pkg.root),
@@ -215,3 +209,26 @@ def test_node_tuples(capture, static_node: str, node_client: type[NodeClient],
     assert {(e.conn.local, e.conn.remote) for e in events if e.conn} == truth
     log = https_server.read_log(PRIME)
     assert {f"127.0.0.1:{entry['client'][1]}" for entry in log} == {t[0] for t in truth}  # type: ignore[index]
+
+
+def test_tshark_decrypts_static_node_with_our_keys(capture, static_node: str,
+                                                   node_client: type[NodeClient],
+                                                   https_server: Server, tmp_path: Path) -> None:
+    """The pcap model on a statically linked OpenSSL: the packets and the keys ecapture
+    read from node's own SSL objects, and tshark decrypting every request and response."""
+    from test_pcap_live import tshark
+
+    paths = [f"/n{i:02d}" for i in range(PRIME)]
+    client = node_client([static_node], https_server.port, "1.3", paths,
+                         tmp_path / "node.keys")
+    pcap = tmp_path / "cap.pcapng"
+    cap = capture("--pid", str(client.pid), "-m", "pcap", "-i", "lo", "-w", str(pcap),
+                  "tcp", "port", str(https_server.port))
+    run = client.run()
+    cap.stop()
+    assert [r["status"] for r in run.results] == [200] * PRIME
+    server_hello = tshark(pcap, "tls.handshake.type == 2",
+                          "tls.handshake.extensions.supported_version")
+    assert set(server_hello) == {"0x0304"}
+    assert tshark(pcap, "http.request", "http.request.uri") == paths
+    assert len(tshark(pcap, "http.response", "http.response.code")) == PRIME
