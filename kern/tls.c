@@ -5,7 +5,8 @@
  *   tls_call_enter()    at a read/write function's entry: remember buffer and connection;
  *   tls_call_take()     at its return: take that back;
  *   tls_call_active()   whether an outer exported function already noted this call;
- *   tls_send_data()     send what the call transferred, in TLS_CHUNK_SIZE chunks;
+ *   tls_send_data()     send what the call transferred, in TLS_CHUNK_SIZE chunks
+ *                       (tls_data_event() and tls_send_chunk() for a sender of its own);
  *   tls_handshake_enter()/_exit() around the handshake, whose socket I/O tells the fd early.
  *
  * Which socket: instead of reading the library's own objects through version-specific
@@ -214,14 +215,16 @@ static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev
     return 1;
 }
 
-static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8 direction,
-                                          u64 total, s32 version) {
-    if (total == 0)
-        return;
+/* The per-CPU data event of a call, its header filled (pid, times, fd, ...); 0 if the
+ * slot cannot be had. tls_send_data() and a library's own scatter/gather sender
+ * (NSPR's PR_Writev) then send its chunks with tls_send_chunk(). */
+static __always_inline struct ssl_data_event_t *tls_data_event(struct tls_call_t *call,
+                                                               u8 direction, u64 total,
+                                                               s32 version) {
     u32 zero = 0;
     struct ssl_data_event_t *ev = tls_heap.lookup(&zero);
     if (!ev)
-        return;
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     ev->kind = TLS_EVENT_DATA;
     ev->pid = id >> 32;
@@ -239,7 +242,16 @@ static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8
     struct tls_conn_key_t key = {.pid = id >> 32, .pad = 0, .conn = call->conn};
     struct tls_fd_t *fd = tls_fds.lookup(&key);
     ev->fd = fd ? fd->fd : -1;
+    return ev;
+}
 
+static __always_inline void tls_send_data(void *ctx, struct tls_call_t *call, u8 direction,
+                                          u64 total, s32 version) {
+    if (total == 0)
+        return;
+    struct ssl_data_event_t *ev = tls_data_event(call, direction, total, version);
+    if (!ev)
+        return;
     u64 buf = call->buf;
 #define TLS_SEND_CHUNK(off, n) tls_send_chunk(ctx, ev, buf, off, n)
     ECAP_FOR_PIECES(total, TLS_CHUNK_SIZE, MAX_CHUNKS, TLS_SEND_CHUNK)

@@ -8,6 +8,7 @@ from ecapture.modules.base import Module
 from ecapture.modules.bash import BashModule
 from ecapture.modules.boringssl import BoringSSLModule
 from ecapture.modules.gnutls import GnuTLSModule
+from ecapture.modules.nss import NSSModule
 from ecapture.modules.openssl import OpenSSLModule
 
 MODULES: tuple[type[Module], ...] = (
@@ -15,6 +16,7 @@ MODULES: tuple[type[Module], ...] = (
     BashModule,
     BoringSSLModule,
     GnuTLSModule,
+    NSSModule,
 )
 
 
