@@ -65,7 +65,10 @@ def _mapsize(text: str) -> int:
 
 def _add_output_options(p: argparse.ArgumentParser, models: Sequence[str],
                         keylog_default: str | None) -> None:
-    p.add_argument("-m", "--model", choices=models, default="text",
+    # Every model is a choice, so that asking a module for one it lacks gets its reason in
+    # one line (_run_live) rather than argparse's list.
+    p.add_argument("-m", "--model", choices=MODELS, default="text",
+                   metavar="{" + ",".join(models) + "}",
                    help="text: blocks for people; json: one object per line (docs/json.md)"
                         + ("; keylog: TLS secrets as SSLKEYLOGFILE lines into --keylogfile; "
                            "pcap: packets and secrets into --pcapfile" if "keylog" in models
@@ -269,6 +272,10 @@ def _run_live(args: argparse.Namespace) -> int:
 
     launched = time.monotonic()
     module_cls: type[Module] = args.module_cls
+    if args.model not in module_cls.models:
+        why = f": {module_cls.no_model_reason}" if module_cls.no_model_reason else ""
+        raise ConfigError(f"ecapture {module_cls.name} has no {args.model} model{why} "
+                          f"(it has {', '.join(module_cls.models)})")
     module = module_cls({**{o.dest: getattr(args, o.dest) for o in module_cls.options},
                          "capture_packets": args.model == "pcap",
                          "pcap_filter": " ".join(getattr(args, "filter", None) or [])})

@@ -167,6 +167,8 @@ class Module:
     maps: ClassVar[tuple[EventMap, ...]] = ()
     models: ClassVar[tuple[str, ...]] = ("text", "json")
     keylog_default: ClassVar[str | None] = None  # -m keylog's file, for modules with keys
+    #: why a model of ecapture.outputs.MODELS is not in ``models``, told to whoever asks
+    no_model_reason: ClassVar[str] = ""
 
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)

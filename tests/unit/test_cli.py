@@ -12,6 +12,7 @@ import pytest
 from ecapture import modules as registry
 from ecapture.cli import DAMAGED, main
 from ecapture.errors import ConfigError
+from ecapture.outputs import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "fixtures" / "recordings" / "tls" / "curl_http11.ecap"
@@ -124,7 +125,15 @@ def test_mapsize_must_be_a_power_of_two(size: str) -> None:
     assert "Traceback" not in out.stderr and "--mapsize" in out.stderr
 
 
-def test_models_are_the_modules_own() -> None:
-    out = run("bash", "-m", "keylog")
-    assert out.returncode == 2 and "invalid choice: 'keylog'" in out.stderr
-    assert "Traceback" not in out.stderr
+@pytest.mark.parametrize(("module", "model"), [
+    (m.name, model) for m in registry.MODULES for model in MODELS if model not in m.models])
+def test_a_model_a_module_lacks_is_refused_with_its_reason(module: str, model: str) -> None:
+    """Before root is needed: one line that names the model, the reason if the module
+    gives one, and the models it has."""
+    out = run(module, "-m", model)
+    cls = registry.get(module)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert f"ecapture {module} has no {model} model" in out.stderr
+    assert cls.no_model_reason in out.stderr
+    assert f"(it has {', '.join(cls.models)})" in out.stderr
