@@ -184,12 +184,24 @@ def test_debian_node18_pid(capture, node18: Unpacked, node_client: type[NodeClie
     paths = [f"/n{i:02d}" for i in range(PRIME)]
     client = node_client(node18_cmd(node18), https_server.port, "1.3", paths,
                          tmp_path / "node18.keys", env={"LD_LIBRARY_PATH": node18.library_path()})
-    cap = capture("--pid", str(client.pid))
+    pcap = tmp_path / "cap.pcapng"
+    cap = capture("--pid", str(client.pid), "-m", "pcap", "-i", "lo", "-w", str(pcap),
+                  "tcp", "port", str(https_server.port))
     # The process maps the host's libssl.so.3: that is where the probes go.
     assert re.search(r"probes attached to \S*/libssl\.so\.3 ", cap.err_path.read_text())
     run = client.run()
     cap.stop()
-    check_run(cap.record, run, paths, "1.3", tmp_path)
+    events = check_run(cap.record, run, paths, "1.3", tmp_path)
+    # Each request on a connection of its own, from the port node reports for it.
+    server = f"127.0.0.1:{https_server.port}"
+    truth = {(f"127.0.0.1:{r['local_port']}", server) for r in run.results}
+    assert len(truth) == PRIME
+    assert all(e.fd >= 0 and e.conn is not None for e in events)
+    assert {(e.conn.local, e.conn.remote) for e in events if e.conn} == truth
+    from test_pcap_live import tshark
+
+    assert tshark(pcap, "http.request", "http.request.uri") == paths
+    assert len(tshark(pcap, "http.response", "http.response.code")) == PRIME
 
 
 def test_node_tuples(capture, static_node: str, node_client: type[NodeClient],
