@@ -57,6 +57,14 @@ class Probe:
     library: str | None = None  # resolved path, for uprobes
     optional: bool = False
 
+    @classmethod
+    def around(cls, symbol: str, entry: str, ret: str, library: str | None,
+               optional: bool = False) -> tuple[Probe, Probe]:
+        """A uprobe at a function's entry and a uretprobe at its return: a library call's
+        arguments are known at one, its result at the other."""
+        return (cls("uprobe", symbol, entry, library, optional),
+                cls("uretprobe", symbol, ret, library, optional))
+
 
 @dataclass(frozen=True)
 class Program:

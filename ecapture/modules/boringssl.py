@@ -238,9 +238,8 @@ class BoringSSLModule(OpenSSLModule):
         if self._keys_possible():
             for symbol, fn in EXPAND_PROBES:
                 optional = symbol != "HKDF_expand"
-                probes += [Probe("uprobe", symbol, fn, self.libcrypto, optional=optional),
-                           Probe("uretprobe", symbol, "uretprobe_bssl_expand", self.libcrypto,
-                                 optional=optional)]
+                probes += Probe.around(symbol, fn, "uretprobe_bssl_expand", self.libcrypto,
+                                       optional=optional)
         return probes
 
     def library_cflags(self) -> list[str]:

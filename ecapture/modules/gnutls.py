@@ -137,13 +137,9 @@ class GnuTLSModule(TlsLibraryModule):
 
     def library_probes(self) -> list[Probe]:
         lib = self.libgnutls
-        probes = [
-            Probe("uprobe", "gnutls_record_recv", "uprobe_gnutls_record_recv", lib),
-            Probe("uretprobe", "gnutls_record_recv", "uretprobe_gnutls_record_recv", lib),
-            Probe("uprobe", "gnutls_record_send", "uprobe_gnutls_record_send", lib),
-            Probe("uretprobe", "gnutls_record_send", "uretprobe_gnutls_record_send", lib),
-        ]
         read, write = "uretprobe_gnutls_record_recv", "uretprobe_gnutls_record_send"
+        probes = [*Probe.around("gnutls_record_recv", "uprobe_gnutls_record_recv", read, lib),
+                  *Probe.around("gnutls_record_send", "uprobe_gnutls_record_send", write, lib)]
         optional = (
             ("gnutls_record_recv_seq", read),
             # 3.6.3+: gnutls_record_send tail-calls it (see kern/gnutls.c).
@@ -155,8 +151,7 @@ class GnuTLSModule(TlsLibraryModule):
             ("gnutls_handshake", "uretprobe_gnutls_handshake"),
         )
         for symbol, ret_fn in optional:
-            probes += [Probe("uprobe", symbol, f"uprobe_{symbol}", lib, optional=True),
-                       Probe("uretprobe", symbol, ret_fn, lib, optional=True)]
+            probes += Probe.around(symbol, f"uprobe_{symbol}", ret_fn, lib, optional=True)
         return probes
 
     def library_cflags(self) -> list[str]:

@@ -122,25 +122,16 @@ class NSSModule(TlsLibraryModule):
         raise ConfigError(NO_KEYS)
 
     def library_probes(self) -> list[Probe]:
-        lib = self.libnspr
+        lib, around = self.libnspr, Probe.around
         probes = [
-            Probe("uprobe", "PR_Read", "uprobe_PR_Read", lib),
-            Probe("uretprobe", "PR_Read", "uretprobe_PR_Read", lib),
-            Probe("uprobe", "PR_Write", "uprobe_PR_Write", lib),
-            Probe("uretprobe", "PR_Write", "uretprobe_PR_Write", lib),
+            *around("PR_Read", "uprobe_PR_Read", "uretprobe_PR_Read", lib),
+            *around("PR_Write", "uprobe_PR_Write", "uretprobe_PR_Write", lib),
             # PR_Recv/PR_Send: tstclnt's, curl's; PR_Writev: selfserv's responses.
-            Probe("uprobe", "PR_Recv", "uprobe_PR_Recv", lib, optional=True),
-            Probe("uretprobe", "PR_Recv", "uretprobe_PR_Read", lib, optional=True),
-            Probe("uprobe", "PR_Send", "uprobe_PR_Send", lib, optional=True),
-            Probe("uretprobe", "PR_Send", "uretprobe_PR_Write", lib, optional=True),
-            Probe("uprobe", "PR_Writev", "uprobe_PR_Writev", lib, optional=True),
-            Probe("uretprobe", "PR_Writev", "uretprobe_PR_Writev", lib, optional=True),
+            *around("PR_Recv", "uprobe_PR_Recv", "uretprobe_PR_Read", lib, optional=True),
+            *around("PR_Send", "uprobe_PR_Send", "uretprobe_PR_Write", lib, optional=True),
+            *around("PR_Writev", "uprobe_PR_Writev", "uretprobe_PR_Writev", lib, optional=True),
         ]
         if self.libssl3 is not None:
-            probes += [
-                Probe("uprobe", HANDSHAKE, "uprobe_SSL_ForceHandshake", self.libssl3,
-                      optional=True),
-                Probe("uretprobe", HANDSHAKE, "uretprobe_SSL_ForceHandshake", self.libssl3,
-                      optional=True),
-            ]
+            probes += around(HANDSHAKE, "uprobe_SSL_ForceHandshake",
+                             "uretprobe_SSL_ForceHandshake", self.libssl3, optional=True)
         return probes

@@ -129,20 +129,17 @@ class OpenSSLModule(TlsLibraryModule):
         return None
 
     def library_probes(self) -> list[Probe]:
-        lib = self.libssl
+        lib, around = self.libssl, Probe.around
         return [
-            Probe("uprobe", "SSL_read", "uprobe_SSL_read", lib),
-            Probe("uretprobe", "SSL_read", "uretprobe_SSL_read", lib),
-            Probe("uprobe", "SSL_write", "uprobe_SSL_write", lib),
-            Probe("uretprobe", "SSL_write", "uretprobe_SSL_write", lib),
+            *around("SSL_read", "uprobe_SSL_read", "uretprobe_SSL_read", lib),
+            *around("SSL_write", "uprobe_SSL_write", "uretprobe_SSL_write", lib),
             # 1.1.1+; Python >= 3.10 and many programs use only these.
-            Probe("uprobe", "SSL_read_ex", "uprobe_SSL_read_ex", lib, optional=True),
-            Probe("uretprobe", "SSL_read_ex", "uretprobe_SSL_read", lib, optional=True),
-            Probe("uprobe", "SSL_write_ex", "uprobe_SSL_write_ex", lib, optional=True),
-            Probe("uretprobe", "SSL_write_ex", "uretprobe_SSL_write", lib, optional=True),
-            Probe("uprobe", "SSL_do_handshake", "uprobe_SSL_do_handshake", lib, optional=True),
-            Probe("uretprobe", "SSL_do_handshake", "uretprobe_SSL_do_handshake", lib,
-                  optional=True),
+            *around("SSL_read_ex", "uprobe_SSL_read_ex", "uretprobe_SSL_read", lib,
+                    optional=True),
+            *around("SSL_write_ex", "uprobe_SSL_write_ex", "uretprobe_SSL_write", lib,
+                    optional=True),
+            *around("SSL_do_handshake", "uprobe_SSL_do_handshake",
+                    "uretprobe_SSL_do_handshake", lib, optional=True),
         ]
 
     def library_cflags(self) -> list[str]:

@@ -73,6 +73,19 @@ def replay(path: Path, *args: str) -> str:
                           env={**os.environ, "TZ": "UTC"}).stdout
 
 
+def keylog_lines(path: Path) -> set[str]:
+    """The lines of an SSLKEYLOGFILE, as a set: programs write them in their own order."""
+    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
+
+
+def keylog_from(recording: Path | None, out: Path, *filters: str) -> set[str]:
+    """``ecapture replay RECORDING -m keylog`` (with replay filters): the key log offline."""
+    assert recording is not None
+    subprocess.run([*ecapture_cmd(), "replay", str(recording), "-m", "keylog", "-k", str(out),
+                    *filters], check=True, capture_output=True, cwd=ROOT)
+    return keylog_lines(out)
+
+
 @contextmanager
 def in_process_capture(module: Any, record: Path) -> Iterator[Any]:
     """Run MODULE live in this process, recording to RECORD, for as long as the block runs;

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, _free_port
+from live_helpers import ROOT, _free_port, keylog_from, keylog_lines
 
 from ecapture.events import TlsData
 from ecapture.modules.boringssl import find_boringssl
@@ -135,16 +135,6 @@ def exchange(cert: tuple[str, str], tmp_path: Path) -> Iterator[Callable[[str], 
             proc.wait()
 
 
-def lines(path: Path) -> set[str]:
-    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
-
-
-def keylog_from(recording: Path, out: Path, *filters: str) -> set[str]:
-    subprocess.run([sys.executable, "-m", "ecapture", "replay", str(recording), "-m", "keylog",
-                    "-k", str(out), *filters], check=True, capture_output=True, cwd=ROOT)
-    return lines(out)
-
-
 def plaintext(events: list[TlsData], pid: int, direction: str) -> list[str]:
     mine = [e for e in events if e.pid == pid and e.direction == direction]
     return b"".join(e.data for e in mine).decode().splitlines()
@@ -182,7 +172,7 @@ def test_keys_equal_both_programs_key_logs(live_capture, exchange, tmp_path: Pat
     ex = exchange(tls)
     cap.stop()
     assert cap.record is not None
-    theirs_client, theirs_server = lines(ex.client_keys), lines(ex.server_keys)
+    theirs_client, theirs_server = keylog_lines(ex.client_keys), keylog_lines(ex.server_keys)
     expected_labels = ({"CLIENT_RANDOM"} if tls == "1.2" else
                        {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
                         "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0",
@@ -201,8 +191,8 @@ def test_live_keylog_model(live_capture, exchange, tmp_path: Path) -> None:
     cap = live_capture("boringssl", "-m", "keylog", "-k", str(ours), record=False)
     ex = exchange("1.3")
     cap.stop()
-    assert lines(ex.client_keys) <= lines(ours)
-    assert lines(ex.server_keys) <= lines(ours)
+    assert keylog_lines(ex.client_keys) <= keylog_lines(ours)
+    assert keylog_lines(ex.server_keys) <= keylog_lines(ours)
 
 
 def test_pid_filter_keeps_only_that_process(live_capture, cert: tuple[str, str]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, _free_port
+from live_helpers import ROOT, _free_port, keylog_from, keylog_lines
 
 from ecapture.events import TlsData
 from ecapture.live.prereq import has_ringbuf
@@ -152,17 +152,6 @@ def data_events(path: Path | None) -> list[TlsData]:
     return [e for e in replay_events(path) if isinstance(e, TlsData)]
 
 
-def lines(path: Path) -> set[str]:
-    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
-
-
-def keylog_from(recording: Path | None, out: Path, *filters: str) -> set[str]:
-    assert recording is not None
-    subprocess.run([sys.executable, "-m", "ecapture", "replay", str(recording), "-m", "keylog",
-                    "-k", str(out), *filters], check=True, capture_output=True, cwd=ROOT)
-    return lines(out)
-
-
 def tshark(path: Path, display_filter: str, *fields: str) -> list[list[str]]:
     """Each matching packet's fields (one tshark run each: a run costs a second or so)."""
     if shutil.which("tshark") is None:
@@ -264,7 +253,7 @@ def test_pid_filter_keeps_one_client_of_an_older_connection(live_capture, serve,
             assert (e.conn.local, e.conn.remote) == (f"127.0.0.1:{cli_port}",
                                                      f"127.0.0.1:{server.port}")
     assert cli_port in server.client_ports()
-    assert keylog_from(cap.record, tmp_path / "ours.log") == lines(keylog)
+    assert keylog_from(cap.record, tmp_path / "ours.log") == keylog_lines(keylog)
     cap.save_fixture("gnutls/echo_client_pid", models=("text", "json", "keylog"))
 
 
@@ -287,17 +276,18 @@ def test_keylog_equals_gnutls_own_client_and_server(live_capture, serve, tmp_pat
                     f"https://127.0.0.1:{server.port}/w"], check=True, timeout=30,
                    env={**os.environ, "SSLKEYLOGFILE": str(wget_log)})
     cap.stop()
-    theirs = lines(cli_log) | lines(wget_log)
+    theirs = keylog_lines(cli_log) | keylog_lines(wget_log)
     label = "CLIENT_RANDOM" if tls == "1.2" else "CLIENT_TRAFFIC_SECRET_0"
-    assert label_count(lines(cli_log), label) == 3 and label_count(lines(wget_log), label) == 1
-    assert lines(srv_log) == theirs  # both ends of the same four connections
+    assert label_count(keylog_lines(cli_log), label) == 3
+    assert label_count(keylog_lines(wget_log), label) == 1
+    assert keylog_lines(srv_log) == theirs  # both ends of the same four connections
     # Live, the keylog model: line for line what GnuTLS wrote, both ends.
-    assert lines(ours) == theirs
+    assert keylog_lines(ours) == theirs
     # Offline, from the recording, one side at a time.
     rec = cap.record
-    assert keylog_from(rec, tmp_path / "o1.log", "--comm", "gnutls-cli") == lines(cli_log)
-    assert keylog_from(rec, tmp_path / "o2.log", "--comm", "wget") == lines(wget_log)
-    assert keylog_from(rec, tmp_path / "o3.log", "--pid", str(server.pid)) == lines(srv_log)
+    assert keylog_from(rec, tmp_path / "o1.log", "--comm", "gnutls-cli") == keylog_lines(cli_log)
+    assert keylog_from(rec, tmp_path / "o2.log", "--comm", "wget") == keylog_lines(wget_log)
+    assert keylog_from(rec, tmp_path / "o3.log", "--pid", str(server.pid)) == keylog_lines(srv_log)
 
 
 def test_tls13_early_data_keys_and_plaintext(live_capture, serve, tmp_path: Path) -> None:
@@ -318,7 +308,7 @@ def test_tls13_early_data_keys_and_plaintext(live_capture, serve, tmp_path: Path
                          env={**os.environ, "SSLKEYLOGFILE": str(cli_log)})
     assert b"This is a resumed session" in run.stdout
     cap.stop()
-    theirs = lines(cli_log)
+    theirs = keylog_lines(cli_log)
     assert label_count(theirs, "CLIENT_EARLY_TRAFFIC_SECRET") == 1
     assert label_count(theirs, "CLIENT_TRAFFIC_SECRET_0") == 2  # the first, then the resumed
     not_kept = {line for line in theirs if line.startswith("EARLY_EXPORTER_SECRET ")}
@@ -326,7 +316,7 @@ def test_tls13_early_data_keys_and_plaintext(live_capture, serve, tmp_path: Path
     assert keylog_from(cap.record, tmp_path / "o1.log", "--comm", "gnutls-cli") == \
         theirs - not_kept
     assert keylog_from(cap.record, tmp_path / "o2.log", "--pid", str(server.pid)) == \
-        lines(srv_log) - not_kept
+        keylog_lines(srv_log) - not_kept
     events = data_events(cap.record)
     sent = [(e.data, e.func, e.version_name) for e in events
             if e.comm == "gnutls-cli" and e.direction == "write"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server
+from live_helpers import PROGRAMS, Server, keylog_from, keylog_lines
 
 from ecapture.events import KeyLogEntry
 from ecapture.testing.replay import replay_events
@@ -33,16 +33,6 @@ def keyed_server(cert: tuple[str, str], tmp_path: Path) -> Iterator[tuple[Server
     proc.wait(10)
 
 
-def lines(path: Path) -> set[str]:
-    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
-
-
-def keylog_from(recording: Path, out: Path, *filters: str) -> set[str]:
-    subprocess.run([sys.executable, "-m", "ecapture", "replay", str(recording), "-m", "keylog",
-                    "-k", str(out), *filters], check=True, capture_output=True, cwd=ROOT)
-    return lines(out)
-
-
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])
 def test_curl_keys_client_and_server_side(capture, keyed_server, tmp_path: Path,
                                           tls: str) -> None:
@@ -55,7 +45,7 @@ def test_curl_keys_client_and_server_side(capture, keyed_server, tmp_path: Path,
                        capture_output=True, timeout=30,
                        env={**os.environ, "SSLKEYLOGFILE": str(curl_log)})
     cap.stop()
-    theirs = lines(curl_log)
+    theirs = keylog_lines(curl_log)
     label = "CLIENT_RANDOM" if tls == "1.2" else "CLIENT_TRAFFIC_SECRET_0"
     assert sum(1 for line in theirs if line.startswith(label)) == 3
     assert cap.record is not None
@@ -63,8 +53,8 @@ def test_curl_keys_client_and_server_side(capture, keyed_server, tmp_path: Path,
     assert keylog_from(cap.record, tmp_path / "ours-curl.log", "--comm", "curl") == theirs
     # Watching only the server: its own key log is the ground truth there.
     assert keylog_from(cap.record, tmp_path / "ours-server.log", "--pid",
-                       str(server.pid)) == lines(server_log)
-    assert lines(server_log) == theirs  # both ends of the same three connections
+                       str(server.pid)) == keylog_lines(server_log)
+    assert keylog_lines(server_log) == theirs  # both ends of the same three connections
 
 
 def test_python_client_keys_live_keylog_model(capture, keyed_server, tmp_path: Path) -> None:
@@ -76,12 +66,12 @@ def test_python_client_keys_live_keylog_model(capture, keyed_server, tmp_path: P
                     "get", "/a", "/b"], check=True, capture_output=True, timeout=60,
                    env={**os.environ, "SSLKEYLOGFILE": str(client_log)})
     cap.stop()
-    theirs = lines(client_log)
+    theirs = keylog_lines(client_log)
     assert len([line for line in theirs if line.startswith("EXPORTER_SECRET")]) == 2
     # The summary says how many lines the model wrote: the file's, the two connections'.
     written = len(ours.read_text().splitlines())
     assert f"keylog: {written:,} lines written to {ours}" in cap.err_path.read_text()
-    assert theirs <= lines(ours)
+    assert theirs <= keylog_lines(ours)
     assert oct(ours.stat().st_mode & 0o777) == "0o600"
 
 
@@ -95,4 +85,4 @@ def test_key_events_are_recorded(capture, keyed_server) -> None:
     assert "curl" in {s.comm for s in secrets}
     assert server.pid in {s.pid for s in secrets}
     assert len({s.client_random for s in secrets}) == 1  # one connection, seen from both ends
-    assert {s.line for s in secrets} >= lines(server_log)
+    assert {s.line for s in secrets} >= keylog_lines(server_log)

@@ -15,13 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live_helpers import PROGRAMS, ROOT, Server
+from live_helpers import PROGRAMS, Server, keylog_from, keylog_lines
 
 from ecapture.events import TlsData
 from ecapture.testing.debs import Unpacked, unpack_or_skip
@@ -120,16 +119,6 @@ def node_client() -> Iterator[type[NodeClient]]:
         client.kill()
 
 
-def lines(path: Path) -> set[str]:
-    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
-
-
-def keylog_from(recording: Path, out: Path, *filters: str) -> set[str]:
-    subprocess.run([sys.executable, "-m", "ecapture", "replay", str(recording), "-m", "keylog",
-                    "-k", str(out), *filters], check=True, capture_output=True, cwd=ROOT)
-    return lines(out)
-
-
 def check_run(record: Path | None, run: NodeRun, paths: list[str], tls: str,
               tmp_path: Path) -> list[TlsData]:
     """The ground truth of one client run against what the capture recorded: every request
@@ -143,7 +132,7 @@ def check_run(record: Path | None, run: NodeRun, paths: list[str], tls: str,
     assert re.findall(rb"hello (/n\d\d)\n", received) == [p.encode() for p in paths]
     assert received.count(b"HTTP/1.1 200 OK\r\n") == len(paths)
     assert {e.version_name for e in events} == {f"TLSv{tls}"}
-    theirs = lines(run.keylog)
+    theirs = keylog_lines(run.keylog)
     label = "CLIENT_RANDOM" if tls == "1.2" else "CLIENT_TRAFFIC_SECRET_0"
     assert sum(1 for line in theirs if line.startswith(label)) == len(paths)
     assert keylog_from(record, tmp_path / "ours.keys", "--pid", str(run.pid)) == theirs

@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from live_helpers import (
-    PROGRAMS,
     Server,
     _free_port,
     _wait_port,
@@ -85,19 +83,6 @@ def selfserv(nss_db: str) -> Iterator[SelfServ]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_port(port)
     yield SelfServ(proc, port)
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def https_server(cert: tuple[str, str]) -> Iterator[Server]:
-    """The Python/OpenSSL server: logs every request with the client's address."""
-    proc = subprocess.Popen([sys.executable, str(PROGRAMS / "https_server.py"), *cert],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("READY "), line
-    yield Server(proc, int(line.split()[1]))
     proc.terminate()
     proc.wait(10)
 

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, Server, _free_port, _wait_port, ecapture_cmd
+from live_helpers import (
+    ROOT,
+    Server,
+    _free_port,
+    _wait_port,
+    ecapture_cmd,
+    keylog_lines,
+)
 
 from ecapture.events import TlsData
 from ecapture.modules.openssl import OpenSSLModule
@@ -72,10 +79,6 @@ def s_server111(any111: Unpacked, cert: tuple[str, str]) -> Iterator[int]:
     proc.wait(10)
 
 
-def lines(path: Path) -> set[str]:
-    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
-
-
 def pipelined(paths: list[str]) -> bytes:
     """HTTP/1.1 requests for one keep-alive connection; the last one closes it."""
     out = b""
@@ -103,17 +106,17 @@ def test_keys_equal_s_client_keylog(capture, any111: Unpacked, s_server111: int,
                f"-tls{tls.replace('.', '_')}", "-keylogfile", str(theirs_path), "-quiet",
                stdin=b"GET / HTTP/1.0\r\n\r\n")
     cap.stop()
-    theirs = lines(theirs_path)
+    theirs = keylog_lines(theirs_path)
     label = "CLIENT_RANDOM" if tls == "1.2" else "CLIENT_TRAFFIC_SECRET_0"
     assert sum(1 for line in theirs if line.startswith(label)) == 3
     # Both ends were watched (one library): the same three connections' secrets.
-    assert lines(ours) == theirs
+    assert keylog_lines(ours) == theirs
     # Offline, from the recording: the same.
     assert cap.record is not None
     again = tmp_path / "replayed.keys"
     subprocess.run([*ecapture_cmd(), "replay", str(cap.record), "-m", "keylog", "-k", str(again)],
                    check=True, capture_output=True, cwd=ROOT)
-    assert lines(again) == theirs
+    assert keylog_lines(again) == theirs
 
 
 @pytest.mark.parametrize("buffer", ["auto", "perf"])
