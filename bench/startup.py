@@ -2,12 +2,16 @@
 libssl and for a large binary that links OpenSSL statically, for each checkout.
 
 usage: python bench/startup.py [--runs 5] [--ecapture DIR]... [--big PATH] [--no-breakdown]
+                               [--module NAME]...
 
 Root + bcc. For each checkout given with --ecapture (repeatable; default: the current tree)
 and each target, --runs launches of ``python -m ecapture tls [--libssl BIG]`` (stdout to
 /dev/null), each stopped with Ctrl-C as soon as its "probes attached" line is read; the
 time is from Popen to that line arriving on our end of its stderr pipe (monotonic clock).
 Prints the median, min and max per checkout and target, side by side.
+
+--module NAME (repeatable) adds a row for another module with its defaults (gnutls, nss,
+boringssl, ...), e.g. to compare the TLS libraries' start-up side by side.
 
 BIG defaults to /usr/bin/node when it links OpenSSL statically (ldd shows no libssl and it
 exports SSL_write_ex); otherwise pass --big PATH, or the big rows are skipped with a note.
@@ -206,6 +210,8 @@ def main() -> None:
                     help="a large binary linking OpenSSL statically (default: /usr/bin/node)")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="skip the where-the-time-goes runs of the current tree")
+    ap.add_argument("--module", action="append", default=[], metavar="NAME",
+                    help="also time `ecapture NAME` (repeatable)")
     args = ap.parse_args()
     require_root()
     targets = checkouts(args.ecapture)
@@ -214,6 +220,7 @@ def main() -> None:
     cases = [("shared libssl", ["tls"])]
     if big_ok:
         cases.append((f"--libssl {args.big}", ["tls", "--libssl", args.big]))
+    cases += [(f"ecapture {name}", [name]) for name in args.module]
 
     times: dict[tuple[str, str], list[float]] = {}
     for case, cmd in cases:
