@@ -453,6 +453,42 @@ static __always_inline void socket_closed(u32 pid, s32 fd) { tls_forget_fd(pid, 
 #else
 /* ---- socket I/O with syscall tracepoints (kernels before 6.4) --------------------- */
 
+#ifdef KOFF_TASK_FILES
+/* The struct sock behind fd of the current task, 0 if it cannot be told: the file table's
+ * members are at offsets the kernel's BTF gave (KOFF_*, see ecapture/live/btf.py), so no
+ * header is parsed. A file that is not a socket gives a pointer that names no socket we
+ * track, and the lookup after it misses. */
+static __always_inline u64 sock_of_fd(s32 fd) {
+    u64 task = (u64)bpf_get_current_task();
+    u64 files = 0, fdt = 0, fds = 0, file = 0, socket = 0, sk = 0;
+    u32 max_fds = 0;
+    if (fd < 0)
+        return 0;
+    bpf_probe_read_kernel(&files, sizeof(files), (void *)(task + KOFF_TASK_FILES));
+    if (!files)
+        return 0;
+    bpf_probe_read_kernel(&fdt, sizeof(fdt), (void *)(files + KOFF_FILES_FDT));
+    if (!fdt)
+        return 0;
+    bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (void *)(fdt + KOFF_FDT_MAX_FDS));
+    if ((u32)fd >= max_fds)
+        return 0;
+    bpf_probe_read_kernel(&fds, sizeof(fds), (void *)(fdt + KOFF_FDT_FD));
+    if (!fds)
+        return 0;
+    bpf_probe_read_kernel(&file, sizeof(file), (void *)(fds + (u64)fd * sizeof(u64)));
+    if (!file)
+        return 0;
+    bpf_probe_read_kernel(&socket, sizeof(socket), (void *)(file + KOFF_FILE_PRIVATE_DATA));
+    if (!socket)
+        return 0;
+    bpf_probe_read_kernel(&sk, sizeof(sk), (void *)(socket + KOFF_SOCKET_SK));
+    return sk;
+}
+#else
+static __always_inline u64 sock_of_fd(s32 fd) { return 0; }
+#endif
+
 struct peer_key_t {
     u16 family;
     u16 rport;
@@ -462,6 +498,7 @@ struct peer_key_t {
 BPF_HASH(connect_fds, u32, s32, 16384);  /* tid -> fd in connect() */
 BPF_HASH(accept_addrs, u32, u64, 16384); /* tid -> user sockaddr* */
 BPF_TABLE("lru_hash", struct peer_key_t, struct established_t, accepted, 16384);
+BPF_TABLE("lru_hash", u64, struct established_t, accepted_socks, 16384); /* sock -> tuple */
 
 /* The TCP sockets of traced processes, known from their connect() and accept(): a
  * syscall's fd may be a file (node logs to stdout between its TLS calls and its socket
@@ -537,9 +574,12 @@ static __always_inline void passive_established(u64 sock, struct established_t *
     key.rport = est->rport;
     __builtin_memcpy(key.raddr, est->raddr, 16);
     accepted.update(&key, est);
+    accepted_socks.update(&sock, est);
 }
 
-static __always_inline void forget_passive(u64 sock) {}
+static __always_inline void forget_passive(u64 sock) {
+    accepted_socks.delete(&sock);
+}
 
 static __always_inline int accept_enter(u64 addr) {
     u64 id = bpf_get_current_pid_tgid();
@@ -564,6 +604,22 @@ static __always_inline int accept_exit(void *ctx, long ret) {
     struct owner_t o = {};
     fill_owner(&o, id, (s32)ret);
     socket_owned(o.pid, o.fd);
+    /* The accepted socket itself, where the file table tells it: exact even when the
+     * caller asked for no address (libuv does not), and its close is tracked. */
+    u64 sk = sock_of_fd((s32)ret);
+    struct established_t *by_sock = sk ? accepted_socks.lookup(&sk) : 0;
+    if (by_sock) {
+        struct established_t copy = *by_sock;
+        struct peer_key_t peer = {};
+        peer.family = copy.family;
+        peer.rport = copy.rport;
+        __builtin_memcpy(peer.raddr, copy.raddr, 16);
+        accepted.delete(&peer);
+        accepted_socks.delete(&sk);
+        tracked.update(&sk, &o);
+        emit_conn(ctx, &o, CONN_ACCEPT, sk, &copy);
+        return 0;
+    }
     struct peer_key_t key = {};
     if (addr != 0) {
         /* The kernel has just written the peer's address into the caller's buffer. */

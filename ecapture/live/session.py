@@ -20,6 +20,7 @@ from typing import Any
 from ecapture.errors import AttachError
 from ecapture.live import prereq
 from ecapture.live.bccload import load_bcc
+from ecapture.live.btf import member_offsets
 from ecapture.live.perfbuf import PerfBufferReader
 from ecapture.live.ringbuf import RingBufferReader
 from ecapture.live.tc import TcAttachments
@@ -28,6 +29,14 @@ from ecapture.pipeline import Binding
 from ecapture.targets import elf_symbols
 
 RINGBUF_CPU = 0xFFFFFFFF  # a ring buffer is shared by all CPUs: the CPU is not known
+
+# From a task to the socket behind one of its fds: task_struct.files -> files_struct.fdt ->
+# fdtable.{max_fds, fd[]} -> file.private_data (a struct socket) -> socket.sk.
+FILE_TABLE_OFFSETS = (
+    ("TASK_FILES", "task_struct", "files"), ("FILES_FDT", "files_struct", "fdt"),
+    ("FDT_MAX_FDS", "fdtable", "max_fds"), ("FDT_FD", "fdtable", "fd"),
+    ("FILE_PRIVATE_DATA", "file", "private_data"), ("SOCKET_SK", "socket", "sk"),
+)
 
 
 def kern_dir() -> Path:
@@ -127,6 +136,10 @@ class LiveSession:
         self.features.probe_read_user = prereq.has_probe_read_user()
         self.features.socket_tracepoints = prereq.has_socket_tracepoints(
             self._tracefs or prereq.tracefs())
+        if not self.features.socket_tracepoints:
+            # The syscall tracepoints' path tells an accepted fd's socket from the task's
+            # file table (kern/tls.c), where the kernel's BTF says its members are.
+            self.features.kernel_offsets = dict(member_offsets(FILE_TABLE_OFFSETS))
         return self.features
 
     def cflags(self, program: Program) -> list[str]:
@@ -136,6 +149,7 @@ class LiveSession:
                  f"-DHAVE_PROBE_READ_USER={int(f.probe_read_user)}"]
         if f.ringbuf:
             flags.append(f"-DRINGBUF_PAGES={self.ringbuf_pages}")
+        flags += [f"-DKOFF_{name}={offset}" for name, offset in f.kernel_offsets.items()]
         return flags + list(program.cflags)
 
     def start(self) -> None:

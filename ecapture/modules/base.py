@@ -14,7 +14,7 @@ import argparse
 import functools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ecapture.errors import ConfigError, DecodeError
@@ -154,6 +154,9 @@ class Features:
     # sock:sock_{send,recv}_length tracepoints (6.4+) and bpf_task_pt_regs (5.15+): socket
     # I/O can be watched without a program on every syscall of the host
     socket_tracepoints: bool = True
+    # offsets of kernel struct members, from the kernel's BTF, that programs walk instead
+    # of parsing headers: name -> offset, passed as -DKOFF_<name>; empty where unknown
+    kernel_offsets: dict[str, int] = field(default_factory=dict)
 
 
 Decoded = Event | Fragment
