@@ -322,6 +322,26 @@ class TlsData(OnConnection, Event):
 
 
 @dataclass(slots=True)
+class OtherLibrary(Event):
+    """A traced process made a connection while mapping another TLS library than the one
+    this capture watches: its plaintext is not here, and ``module`` would capture it. The
+    live layer learned it from /proc; it is recorded as a fact, so replay shows it too."""
+
+    library: str  # the file name it maps, e.g. libgnutls.so.30
+    module: str  # the ecapture module that captures that library
+
+    json_type: ClassVar[str] = "other_library"
+
+    def text_line(self) -> str:
+        return (f"{self.comm} pid {self.pid}  uses {self.library}, which this capture does not "
+                f"watch: `ecapture {self.module}` captures its plaintext")
+
+    def json_fields(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "library": self.library,
+                "module": self.module}
+
+
+@dataclass(slots=True)
 class KeyLogEntry(Event):
     """One TLS secret as an SSLKEYLOGFILE line (RFC 9850): ``label client_random secret``.
     Every TLS module produces these; the keylog and pcap models write them, the text and

@@ -20,7 +20,7 @@ import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import Event, Fragment, KeyLogEntry, comm_str
@@ -143,6 +143,8 @@ class BoringSecret(Fragment):
 
 
 class BoringSSLModule(OpenSSLModule):
+    # Its libssl's name is OpenSSL's: no process is told by file name to use this module.
+    library_patterns: ClassVar[tuple[str, ...]] = ()
     name = "boringssl"
     aliases = ("bssl",)
     help = ("capture BoringSSL TLS plaintext (Android's libssl; SSL_read/SSL_write) with "

@@ -87,6 +87,7 @@ class GnuTlsSecrets(Fragment):
 
 
 class GnuTLSModule(TlsLibraryModule):
+    library_patterns = LIBGNUTLS_PATTERNS
     name = "gnutls"
     aliases = ("gnu",)
     help = ("capture GnuTLS TLS plaintext (gnutls_record_send/recv) with 4-tuples, and its "

@@ -39,6 +39,7 @@ NO_KEYS = ("NSS keeps its TLS secrets inside its PKCS#11 module, which ecapture 
 
 
 class NSSModule(TlsLibraryModule):
+    library_patterns = LIBNSPR_PATTERNS
     name = "nss"
     aliases = ("nspr",)
     help = ("capture NSS TLS plaintext (PR_Read/PR_Write/PR_Recv/PR_Send/PR_Writev on SSL "

@@ -60,6 +60,7 @@ def ssl_version_offset(version: str | None) -> int | None:
 
 
 class OpenSSLModule(TlsLibraryModule):
+    library_patterns: ClassVar[tuple[str, ...]] = LIBSSL_PATTERNS
     name = "tls"
     aliases = ("openssl",)
     help = "capture OpenSSL TLS plaintext (SSL_read/SSL_write and the _ex calls) with 4-tuples"

@@ -15,12 +15,13 @@ knobs and struct offsets (``library_cflags``), and its own secrets struct
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 from ecapture.assemble import ChunkJoiner, ConnTable, PacketChunk, PacketJoiner, TlsChunk
-from ecapture.errors import ConfigError, DecodeError
+from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import (
     AF_INET,
     AF_INET6,
@@ -28,6 +29,7 @@ from ecapture.events import (
     ConnKind,
     Event,
     Fragment,
+    OtherLibrary,
     Packet,
     TlsData,
     addr_str,
@@ -53,6 +55,7 @@ from ecapture.structs.packets import (
     PACKET_CHUNK_SIZE,
 )
 from ecapture.structs.tls import CONN, EVENT_CONN, EVENT_SSL_DATA, SSL_DATA, TLS_CHUNK_SIZE
+from ecapture.targets import libraries_of_process
 
 CONN_KINDS: dict[int, ConnKind] = {0: "connect", 1: "accept", 2: "close", 3: "proc"}
 CONN_CLOSE = 2
@@ -90,6 +93,12 @@ _DATA_KIND = EVENT_SSL_DATA.to_bytes(4, "little")
 COMM_CACHE_MAX = 1024  # distinct raw comm fields whose text is kept
 
 
+def _matches(names: Iterable[str], patterns: Iterable[str]) -> str | None:
+    """The first of ``names`` that one of ``patterns`` matches whole."""
+    regexes = [re.compile(p) for p in patterns]
+    return next((n for n in names if any(rx.fullmatch(n) for rx in regexes)), None)
+
+
 def _tuple_fields(found: Any) -> dict[str, Any]:
     return {"family": found.family, "laddr": found.laddr.hex(), "lport": found.lport,
             "raddr": found.raddr.hex(), "rport": found.rport}
@@ -105,6 +114,9 @@ class TlsLibraryModule(Module):
     library_structs: ClassVar[Mapping[int, KernelStruct]] = {}
     #: the library's function names, by the ``func`` number its kernel code sends
     functions: ClassVar[Mapping[int, str]] = {}
+    #: file names of the library (regexes), for telling a process that maps it: a process
+    #: that connects while mapping another module's library is told which module to use
+    library_patterns: ClassVar[tuple[str, ...]] = ()
     #: the kern/ files compiled after the family's, in order: by default ``source``. A
     #: library whose API is another's (BoringSSL's is OpenSSL's) lists that one's file first
     #: and adds its own, which reads only what differs (the secrets).
@@ -135,6 +147,7 @@ class TlsLibraryModule(Module):
         self._conns = ConnTable()
         self._proc: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> tuple fields
         self._seen_fds: set[tuple[int, int]] = set()  # observe(), live only
+        self._seen_pids: set[int] = set()  # observe(): whose libraries were looked at
         self._comms: dict[bytes, str] = {}  # raw comm field -> comm_str() of it
 
     # -- configuration -------------------------------------------------------------
@@ -342,16 +355,52 @@ class TlsLibraryModule(Module):
                 self._seen_fds.discard(key)
                 return []
             self._seen_fds.add(key)
-            if family != 0 or fd < 0:
-                return []
-            found = lookup(pid, fd)
-            if found is None:
-                return []
-            return [("socket", {"for": "accept", "pid": pid, "fd": fd,
-                                **_tuple_fields(found)})]
+            found = lookup(pid, fd) if family == 0 and fd >= 0 else None
+            facts: list[Observation] = []
+            if found is not None:
+                facts.append(("socket", {"for": "accept", "pid": pid, "fd": fd,
+                                         **_tuple_fields(found)}))
+            if pid not in self._seen_pids:
+                self._seen_pids.add(pid)
+                facts += self._other_library(data)
+            return facts
+        return []
+
+    def _other_library(self, conn_event: bytes) -> list[Observation]:
+        """Whether the process that connected maps none of this capture's libraries but
+        another module's: then its plaintext is not here, and the user is told where."""
+        from ecapture import modules as registry  # the registry imports this module
+
+        conn = self._decode_conn(conn_event)
+        try:
+            mapped = libraries_of_process(conn.pid)
+        except AttachError:
+            return []  # gone already
+        mine = {t.path for t in self.targets}
+        names = [os.path.basename(p) for p in mapped]
+        if mine.intersection(mapped) or _matches(names, self.library_patterns):
+            return []
+        for other in registry.MODULES:
+            if (issubclass(other, TlsLibraryModule) and other is not type(self)
+                    and not issubclass(type(self), other)):
+                library = _matches(names, other.library_patterns)
+                if library:
+                    return [("other_library", {"ts_ns": conn.timestamp_ns, "pid": conn.pid,
+                                               "tid": conn.tid, "uid": conn.uid,
+                                               "comm": conn.comm, "library": library,
+                                               "module": other.name})]
         return []
 
     def apply(self, what: str, fields: Mapping[str, Any]) -> Iterable[Event]:
+        if what == "other_library":
+            try:
+                yield OtherLibrary(int(fields["ts_ns"]), int(fields["pid"]), int(fields["tid"]),
+                                   int(fields["uid"]), str(fields["comm"]),
+                                   str(fields["library"]), str(fields["module"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise DecodeError(f"other_library observation without valid fields: {e}") \
+                    from None
+            return
         if what != "socket":
             return
         try:

@@ -12,7 +12,7 @@ import sys
 import pytest
 from live_helpers import ROOT, Server
 
-from ecapture.events import TlsData
+from ecapture.events import OtherLibrary, TlsData
 from ecapture.testing.replay import replay_events
 
 pytestmark = [pytest.mark.ecapture_module("gnutls"), pytest.mark.requires_lib("libssl.so.3"),
@@ -68,3 +68,25 @@ def test_tls_and_gnutls_side_by_side(live_capture, https_server: Server) -> None
     assert others == set()
     assert _lost(tls.record) == 0
     assert _lost(gnutls.record) == 0
+
+    # Each capture says once per process where the plaintext it does not see is.
+    def hints(record: object) -> dict[int, tuple[str, str, str]]:
+        found = [e for e in replay_events(record) if isinstance(e, OtherLibrary)]
+        by_pid = {e.pid: (e.comm, e.library, e.module) for e in found}
+        assert len(by_pid) == len(found)  # once per process
+        return by_pid
+
+    wget = [h for h in hints(tls.record).values() if h[0] == "wget"]
+    assert len(wget) == WGET_REQUESTS  # one wget process per request
+    assert all(lib.startswith("libgnutls.so.30") and mod == "gnutls" for _, lib, mod in wget)
+    assert {comm for comm, _, _ in hints(tls.record).values()} == {"wget"}
+    # curl maps GnuTLS too (Debian's libcurl links librtmp, which links it): nothing to say.
+    # The server maps only OpenSSL's libssl.
+    assert hints(gnutls.record) == {https_server.pid: (
+        server_comm(https_server.pid), "libssl.so.3", "tls")}
+    assert "`ecapture gnutls` captures its plaintext" in tls.replay().text()
+
+
+def server_comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
