@@ -47,6 +47,22 @@ def test_guest_command(tmp_path: Path) -> None:
     assert cmd[-2:] == ["--exec", "uname -r"]
 
 
+def test_guest_script_keeps_awkward_arguments_whole(tmp_path: Path) -> None:
+    """Test ids and -k expressions carry brackets, parentheses and quotes: the guest runs
+    a script, so its command line holds none of them, and sh reads them back whole."""
+    import shlex
+    import subprocess
+
+    from ecapture.testing.matrix.__main__ import guest_script
+
+    awkward = ["tests/t.py::test_x[1.3-auto]", "-k", "(a and b) or c's"]
+    command = guest_script(tmp_path, ["printf", "%s\\n", *awkward])
+    assert command == f"sh {shlex.quote(str(tmp_path / 'guest.sh'))}"
+    assert not set("[]()'\"") & set(command.replace(str(tmp_path), ""))
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == awkward
+
+
 def test_parse_junit_of_a_real_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import pytest

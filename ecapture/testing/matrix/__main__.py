@@ -37,17 +37,26 @@ def kernels_label() -> str:
     return platform.release()
 
 
+def guest_script(d: Path, inner: list[str]) -> str:
+    """The guest's command: a script in the row's directory (which the guest shares), run
+    with sh. vng wraps its --exec text in quotes of its own, and an argument with quotes
+    or brackets inside (a test id, a -k expression) left the guest's shell waiting for
+    the rest of a line that never came."""
+    # PYTHONPATH: the guest imports this very tree, even when the interpreter's own
+    # install of ecapture points elsewhere (a snapshot checkout running the matrix).
+    here = shlex.quote(str(ROOT))
+    script = d / "guest.sh"
+    script.write_text(f"cd {here} && PYTHONPATH={here} exec {shlex.join(inner)}\n")
+    return f"sh {shlex.quote(str(script))}"
+
+
 def _guest_row(k: kernels.Kernel, out: Path, args: argparse.Namespace) -> Path:
     d = out / k.release
     d.mkdir(parents=True, exist_ok=True)
     (d / "result.json").unlink(missing_ok=True)
     inner = [sys.executable, "-m", "ecapture.testing.matrix", "suite", "--out", str(d),
              "--label", k.release, "--root", str(ROOT), *_suite_args(args)]
-    # PYTHONPATH: the guest imports this very tree, even when the interpreter's own
-    # install of ecapture points elsewhere (a snapshot checkout running the matrix).
-    here = shlex.quote(str(ROOT))
-    rc = guest.run(k, f"cd {here} && PYTHONPATH={here} {shlex.join(inner)}", [out],
-                   d / "console.log", timeout=args.timeout)
+    rc = guest.run(k, guest_script(d, inner), [out], d / "console.log", timeout=args.timeout)
     if not (d / "result.json").exists():  # the guest never got as far as writing it
         why = ("guest did not boot (vng exit 255, twice)" if rc == guest.GUEST_FAILED
                else f"guest command exited {rc} without results")
