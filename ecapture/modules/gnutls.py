@@ -8,19 +8,18 @@ become key-log lines here.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ecapture.errors import AttachError, ConfigError, DecodeError
+from ecapture.errors import AttachError, DecodeError
 from ecapture.events import Event, Fragment, KeyLogEntry, comm_str
 from ecapture.modules.base import Decoded, Option, Probe, Target
 from ecapture.modules.gnutls_offsets import SessionOffsets, session_offsets
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS, TlsLibraryModule
 from ecapture.structs.gnutls import EVENT_GNUTLS_SECRETS, GNUTLS_SECRETS
 from ecapture.structs.layout import header_codec
-from ecapture.targets import build_id, elf_symbols, locate_library, scan_version
+from ecapture.targets import build_id, scan_version
 
 # Mapped files carry the full name (libgnutls.so.30.34.3); ldconfig lists the soname.
 LIBGNUTLS_PATTERNS = (r"libgnutls\.so\.30(\.\d+)*", r"libgnutls\.so(\.\d+)*")
@@ -88,6 +87,7 @@ class GnuTlsSecrets(Fragment):
 
 class GnuTLSModule(TlsLibraryModule):
     library_patterns = LIBGNUTLS_PATTERNS
+    library_option = "gnutls"
     name = "gnutls"
     aliases = ("gnu",)
     help = ("capture GnuTLS TLS plaintext (gnutls_record_send/recv) with 4-tuples, and its "
@@ -109,22 +109,10 @@ class GnuTLSModule(TlsLibraryModule):
         self.offsets: SessionOffsets | None = None
         self._secrets = header_codec(GNUTLS_SECRETS.decl)
 
-    def check(self) -> None:
-        super().check()
-        path = self.config.get("gnutls")
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"--gnutls {path}: no such file")
-
     def init(self) -> None:
-        path = self.config.get("gnutls") or locate_library(
-            LIBGNUTLS_PATTERNS, REQUIRED, "GnuTLS libgnutls", self.config.get("pid"),
+        path, _ = self.resolve_library(
+            LIBGNUTLS_PATTERNS, REQUIRED, "GnuTLS libgnutls",
             ": install GnuTLS (apt-get install libgnutls30) or pass --gnutls PATH")
-        path = os.path.realpath(path)
-        symbols = elf_symbols(path)
-        for required in REQUIRED:
-            if required not in symbols:
-                raise AttachError(f"symbol {required} not found in {path}: pass --gnutls with "
-                                  "GnuTLS's libgnutls.so.30")
         self.libgnutls = path
         self.version = scan_version(path, VERSION_RE)
         self.offsets = session_offsets(self.version)

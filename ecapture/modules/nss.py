@@ -40,6 +40,7 @@ NO_KEYS = ("NSS keeps its TLS secrets inside its PKCS#11 module, which ecapture 
 
 class NSSModule(TlsLibraryModule):
     library_patterns = LIBNSPR_PATTERNS
+    library_option = "nspr"
     name = "nss"
     aliases = ("nspr",)
     help = ("capture NSS TLS plaintext (PR_Read/PR_Write/PR_Recv/PR_Send/PR_Writev on SSL "
@@ -62,22 +63,10 @@ class NSSModule(TlsLibraryModule):
         self.libssl3: str | None = None
         self.version: str | None = None
 
-    def check(self) -> None:
-        super().check()
-        nspr = self.config.get("nspr")
-        if nspr and not os.path.isfile(nspr):
-            raise ConfigError(f"--nspr {nspr}: no such file")
-
     def init(self) -> None:
-        path = self.config.get("nspr") or locate_library(
-            LIBNSPR_PATTERNS, REQUIRED, "NSPR (libnspr4)", self.config.get("pid"),
+        path, _ = self.resolve_library(
+            LIBNSPR_PATTERNS, REQUIRED, "NSPR (libnspr4)",
             ": install NSS (apt-get install libnss3) or pass --nspr PATH")
-        path = os.path.realpath(path)
-        symbols = elf_symbols(path)
-        for required in REQUIRED:
-            if required not in symbols:
-                raise AttachError(f"symbol {required} not found in {path}: pass --nspr with "
-                                  "libnspr4.so or a library that contains NSPR")
         self.libnspr = path
         self.libssl3 = self._find_libssl3(path)
         self.version = self._detect_version(path, self.libssl3)

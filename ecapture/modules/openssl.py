@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ecapture.errors import AttachError, ConfigError, DecodeError
+from ecapture.errors import AttachError, DecodeError
 from ecapture.events import Event, Fragment, comm_str
 from ecapture.modules.base import Decoded, Option, Probe, Target
 from ecapture.modules.openssl_offsets import KeyOffsets, key_offsets
@@ -21,8 +21,6 @@ from ecapture.structs.layout import header_codec
 from ecapture.structs.openssl import EVENT_MASTER_SECRET, MASTER_SECRET
 from ecapture.targets import (
     build_id,
-    elf_symbols,
-    locate_library,
     needed_libraries,
     scan_version,
 )
@@ -61,6 +59,7 @@ def ssl_version_offset(version: str | None) -> int | None:
 
 class OpenSSLModule(TlsLibraryModule):
     library_patterns: ClassVar[tuple[str, ...]] = LIBSSL_PATTERNS
+    library_option = "libssl"
     name = "tls"
     aliases = ("openssl",)
     help = "capture OpenSSL TLS plaintext (SSL_read/SSL_write and the _ex calls) with 4-tuples"
@@ -83,23 +82,10 @@ class OpenSSLModule(TlsLibraryModule):
         self.boringssl = False
         self._secrets = header_codec(MASTER_SECRET.decl)
 
-    def check(self) -> None:
-        super().check()
-        libssl = self.config.get("libssl")
-        if libssl and not os.path.isfile(libssl):
-            raise ConfigError(f"--libssl {libssl}: no such file")
-
     def init(self) -> None:
-        path = self.config.get("libssl") or locate_library(
-            LIBSSL_PATTERNS, ("SSL_read", "SSL_write"), "OpenSSL libssl", self.config.get("pid"),
+        path, symbols = self.resolve_library(
+            LIBSSL_PATTERNS, ("SSL_read", "SSL_write"), "OpenSSL libssl",
             ": install OpenSSL (apt-get install libssl3) or pass --libssl PATH")
-        path = os.path.realpath(path)
-        symbols = elf_symbols(path)
-        for required in ("SSL_read", "SSL_write"):
-            if required not in symbols:
-                raise AttachError(f"symbol {required} not found in {path}: pass --libssl with "
-                                  "OpenSSL's libssl, or a binary that links it statically with "
-                                  "symbols")
         self.libssl = path
         self.boringssl = not symbols.isdisjoint(BORINGSSL_ONLY)
         self.version = self._detect_version(path)

@@ -55,7 +55,7 @@ from ecapture.structs.packets import (
     PACKET_CHUNK_SIZE,
 )
 from ecapture.structs.tls import CONN, EVENT_CONN, EVENT_SSL_DATA, SSL_DATA, TLS_CHUNK_SIZE
-from ecapture.targets import libraries_of_process
+from ecapture.targets import elf_symbols, libraries_of_process, locate_library
 
 CONN_KINDS: dict[int, ConnKind] = {0: "connect", 1: "accept", 2: "close", 3: "proc"}
 CONN_CLOSE = 2
@@ -114,6 +114,9 @@ class TlsLibraryModule(Module):
     library_structs: ClassVar[Mapping[int, KernelStruct]] = {}
     #: the library's function names, by the ``func`` number its kernel code sends
     functions: ClassVar[Mapping[int, str]] = {}
+    #: the option (its dest) naming the library's file: check() makes sure it exists, and
+    #: resolve_library() takes it before looking anywhere else
+    library_option: ClassVar[str | None] = None
     #: file names of the library (regexes), for telling a process that maps it: a process
     #: that connects while mapping another module's library is told which module to use
     library_patterns: ClassVar[tuple[str, ...]] = ()
@@ -161,6 +164,27 @@ class TlsLibraryModule(Module):
         pid = self.config.get("pid")
         if pid is not None and not os.path.exists(f"/proc/{pid}"):
             raise ConfigError(f"--pid {pid}: no such process")
+        option = self.library_option
+        path = self.config.get(option) if option else None
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"--{option} {path}: no such file")
+
+    def resolve_library(self, patterns: Iterable[str], required: Iterable[str], what: str,
+                        hint: str) -> tuple[str, frozenset[str]]:
+        """The file to attach to (a real path: uprobes attach to inodes) and the functions
+        it defines: the library option's, else the one --pid's process maps (or its own
+        executable), else the system's. AttachError in one line if it lacks one of
+        ``required``."""
+        option = self.library_option
+        path = (self.config.get(option) if option else None) or locate_library(
+            patterns, required, what, self.config.get("pid"), hint)
+        path = os.path.realpath(path)
+        symbols = elf_symbols(path)
+        for name in required:
+            if name not in symbols:
+                raise AttachError(f"symbol {name} not found in {path}: pass --{option} with "
+                                  f"{what}, or a binary that links it statically with symbols")
+        return path, symbols
 
     # -- what a library module provides ----------------------------------------------
     def library_probes(self) -> list[Probe]:
