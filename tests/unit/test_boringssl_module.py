@@ -5,6 +5,7 @@ options and the wrong library are one-line errors."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,26 @@ def test_unknown_release_captures_plaintext_and_refuses_keys_in_one_line(monkeyp
     assert "HKDF_expand" not in {p.target for p in module.library_probes()}
     with pytest.raises(AttachError, match="release unknown.*--android-release.*plaintext"):
         module.require_keys()
+
+
+def test_release_from_the_installing_package(tmp_path: Path) -> None:
+    """dpkg's own files, as Debian lays them out: the file list names the library, the
+    status file gives the package's version, whose AOSP tag is the release."""
+    from ecapture.modules.boringssl import release_from_package
+
+    lib = tmp_path / "usr/lib/x86_64-linux-gnu/android/libssl.so.0"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    dpkg = tmp_path / "dpkg"
+    (dpkg / "info").mkdir(parents=True)
+    (dpkg / "info" / "android-libboringssl:amd64.list").write_text(f"/.\n/usr\n{lib}\n")
+    (dpkg / "info" / "other:amd64.list").write_text("/usr/lib/libother.so\n")
+    (dpkg / "status").write_text(
+        "Package: other\nStatus: install ok installed\nVersion: 1.0\n\n"
+        "Package: android-libboringssl\nStatus: install ok installed\nArchitecture: amd64\n"
+        "Version: 13.0.0+r24-2\nDescription: BoringSSL\n more text: here\n\n")
+    assert release_from_package(str(lib), str(dpkg)) == "13"
+    assert release_from_package(str(tmp_path / "elsewhere.so"), str(dpkg)) is None
+    (dpkg / "status").write_text("Package: android-libboringssl\nStatus: deinstall ok "
+                                 "config-files\nVersion: 13.0.0+r24-2\n")
+    assert release_from_package(str(lib), str(dpkg)) is None
