@@ -75,6 +75,18 @@ def _tcp_sockets(pid: int) -> dict[int, tuple[int, int]]:
     return found
 
 
+def ping_pong(client: subprocess.Popen[bytes], server: subprocess.Popen[bytes]) -> None:
+    """The known workload: the client types PINGS, the server PONGS, each reads the other's
+    lines whole (bssl passes its stdin through and prints what it reads)."""
+    assert client.stdin is not None and server.stdin is not None
+    client.stdin.write("".join(f"{line}\n" for line in PINGS).encode())
+    client.stdin.flush()
+    server.stdin.write("".join(f"{line}\n" for line in PONGS).encode())
+    server.stdin.flush()
+    assert _read_lines(server, PRIME) == PINGS
+    assert _read_lines(client, PRIME) == PONGS
+
+
 def _read_lines(proc: subprocess.Popen[bytes], n: int, timeout: float = 20) -> list[str]:
     assert proc.stdout is not None
     fd, buf = proc.stdout.fileno(), b""
@@ -111,13 +123,7 @@ def exchange(cert: tuple[str, str], tmp_path: Path) -> Iterator[Callable[[str], 
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env={**os.environ, "SSLKEYLOGFILE": str(keys["client"])})
         procs.append(client)
-        assert client.stdin is not None and server.stdin is not None
-        client.stdin.write("".join(f"{line}\n" for line in PINGS).encode())
-        client.stdin.flush()
-        server.stdin.write("".join(f"{line}\n" for line in PONGS).encode())
-        server.stdin.flush()
-        assert _read_lines(server, PRIME) == PINGS
-        assert _read_lines(client, PRIME) == PONGS
+        ping_pong(client, server)
         ((client_fd, (client_port, _)),) = _tcp_sockets(client.pid).items()
         ((server_fd, (_, peer_port)),) = _tcp_sockets(server.pid).items()
         assert peer_port == client_port
@@ -205,13 +211,8 @@ def test_pid_filter_keeps_only_that_process(live_capture, cert: tuple[str, str])
         client = subprocess.Popen([BSSL, "client", "-connect", f"127.0.0.1:{port}"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL)
-        assert client.stdin is not None and server.stdin is not None
-        client.stdin.write("".join(f"{line}\n" for line in PINGS).encode())
-        client.stdin.flush()
-        server.stdin.write("".join(f"{line}\n" for line in PONGS).encode())
-        server.stdin.flush()
-        assert _read_lines(server, PRIME) == PINGS
-        assert _read_lines(client, PRIME) == PONGS
+        ping_pong(client, server)
+        assert client.stdin is not None
         client.stdin.close()
         client.wait(10)
         cap.stop()
