@@ -91,6 +91,7 @@ _PEEK_CONN = struct.Struct("<II24xiHB")
 # How a plaintext chunk, the bulk of every capture, starts: decode() tests for it first.
 _DATA_KIND = EVENT_SSL_DATA.to_bytes(4, "little")
 COMM_CACHE_MAX = 1024  # distinct raw comm fields whose text is kept
+_CONN_COMM = slice(76, 92)  # conn_event_t.comm (kern/tls.h), checked by the unit tests
 
 
 def _matches(names: Iterable[str], patterns: Iterable[str]) -> str | None:
@@ -150,7 +151,10 @@ class TlsLibraryModule(Module):
         self._conns = ConnTable()
         self._proc: dict[tuple[int, int], dict[str, Any]] = {}  # (pid, fd) -> tuple fields
         self._seen_fds: set[tuple[int, int]] = set()  # observe(), live only
-        self._seen_pids: set[int] = set()  # observe(): whose libraries were looked at
+        # observe(): the programs (comm fields) whose libraries were looked at. Once per
+        # program, not per process: the drain thread must not read /proc for each of a
+        # thousand short-lived clients, and one line per program says enough.
+        self._seen_comms: set[bytes] = set()
         self._comms: dict[bytes, str] = {}  # raw comm field -> comm_str() of it
 
     # -- configuration -------------------------------------------------------------
@@ -384,8 +388,9 @@ class TlsLibraryModule(Module):
             if found is not None:
                 facts.append(("socket", {"for": "accept", "pid": pid, "fd": fd,
                                          **_tuple_fields(found)}))
-            if pid not in self._seen_pids:
-                self._seen_pids.add(pid)
+            comm = data[_CONN_COMM]
+            if comm not in self._seen_comms and len(self._seen_comms) < COMM_CACHE_MAX:
+                self._seen_comms.add(comm)
                 facts += self._other_library(data)
             return facts
         return []

@@ -240,3 +240,15 @@ def test_legacy_whole_packets_still_decode() -> None:
     module = OpenSSLModule({})
     (packet,) = module.dispatch(module.decode("packets", header + b"\xab" * 60))
     assert isinstance(packet, Packet) and packet.data == b"\xab" * 60
+
+
+def test_peeked_offsets_are_the_structs() -> None:
+    """The drain thread peeks at a few fields of raw events without decoding them: their
+    offsets must be the declared structs' (which test_struct_layout checks against C)."""
+    from ecapture.modules import tlsfamily
+    from ecapture.structs.layout import layout
+    from ecapture.structs.tls import CONN
+
+    comm = next(f for f in layout(CONN.decl) if f.name == "comm")
+    assert (tlsfamily._CONN_COMM.start, tlsfamily._CONN_COMM.stop) == (
+        comm.offset, comm.offset + comm.size)
