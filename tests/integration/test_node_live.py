@@ -139,6 +139,17 @@ def check_run(record: Path | None, run: NodeRun, paths: list[str], tls: str,
     return events
 
 
+def check_tuples(events: list[TlsData], run: NodeRun, port: int) -> set[tuple[str, str]]:
+    """Each request on a connection of its own, from the port node reports for it: every
+    event has its fd and 4-tuple. Returns the (client, server) pairs."""
+    server = f"127.0.0.1:{port}"
+    truth = {(f"127.0.0.1:{r['local_port']}", server) for r in run.results}
+    assert len(truth) == PRIME
+    assert all(e.fd >= 0 and e.conn is not None for e in events)
+    assert {(e.conn.local, e.conn.remote) for e in events if e.conn} == truth
+    return truth
+
+
 @pytest.mark.parametrize(("how", "tls", "buffer"),
                          [("libssl", "1.3", "auto"), ("pid", "1.2", "perf")])
 def test_static_node(capture, static_node: str, node_client: type[NodeClient],
@@ -181,12 +192,7 @@ def test_debian_node18_pid(capture, node18: Unpacked, node_client: type[NodeClie
     run = client.run()
     cap.stop()
     events = check_run(cap.record, run, paths, "1.3", tmp_path)
-    # Each request on a connection of its own, from the port node reports for it.
-    server = f"127.0.0.1:{https_server.port}"
-    truth = {(f"127.0.0.1:{r['local_port']}", server) for r in run.results}
-    assert len(truth) == PRIME
-    assert all(e.fd >= 0 and e.conn is not None for e in events)
-    assert {(e.conn.local, e.conn.remote) for e in events if e.conn} == truth
+    check_tuples(events, run, https_server.port)
     from test_pcap_live import tshark
 
     assert tshark(pcap, "http.request", "http.request.uri") == paths
@@ -202,12 +208,7 @@ def test_node_tuples(capture, static_node: str, node_client: type[NodeClient],
     run = client.run()
     cap.stop()
     events = check_run(cap.record, run, paths, "1.3", tmp_path)
-    server = f"127.0.0.1:{https_server.port}"
-    # Each request on its own connection, from the port node reports for it.
-    truth = {(f"127.0.0.1:{r['local_port']}", server) for r in run.results}
-    assert len(truth) == PRIME
-    assert all(e.fd >= 0 and e.conn is not None for e in events)
-    assert {(e.conn.local, e.conn.remote) for e in events if e.conn} == truth
+    truth = check_tuples(events, run, https_server.port)
     log = https_server.read_log(PRIME)
     assert {f"127.0.0.1:{entry['client'][1]}" for entry in log} == {t[0] for t in truth}  # type: ignore[index]
 
