@@ -19,6 +19,7 @@ Nothing here needs root or bcc to import: the checks run per test.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import os
@@ -242,11 +243,22 @@ class LiveCapture:
     record: Path | None
     config: pytest.Config
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> str:
+    def stop(self, sig: int = signal.SIGINT, timeout: float | None = None) -> str:
         """Stop it as a user would and return what it printed; it must exit 0."""
         time.sleep(0.5)  # let the last events arrive: the poll loop runs every 100 ms
         self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
+        timeout = STOP_TIMEOUT if timeout is None else timeout
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Where it hangs is the one thing worth knowing: faulthandler (enabled by
+            # the environment the capture started with) prints every thread's stack.
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            self.proc.kill()
+            pytest.fail(f"ecapture did not exit within {timeout:.0f} s of signal {sig}; "
+                        f"it said:\n{self.err_path.read_text()[-6000:]}")
         err = self.err_path.read_text()
         assert rc == 0, f"ecapture exited {rc}: {err}"
         return self.out_path.read_text()
@@ -293,6 +305,7 @@ def _other_captures(own: int) -> str:
 
 
 ATTACH_TIMEOUT = float(os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "120"))
+STOP_TIMEOUT = float(os.environ.get("ECAPTURE_STOP_TIMEOUT", "60"))
 
 
 @pytest.fixture
@@ -310,7 +323,7 @@ def live_capture(request: pytest.FixtureRequest,
         cmd = [*ecapture_cmd(), module, *args] + (["--record", str(rec)] if rec else [])
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(cmd, stdout=o, stderr=e, cwd=request.config.rootpath,
-                                    env={**os.environ, "TZ": "UTC"})
+                                    env={**os.environ, "TZ": "UTC", "PYTHONFAULTHANDLER": "1"})
         cap = LiveCapture(proc, out, err, rec, request.config)
         started.append(cap)
         deadline = time.monotonic() + ATTACH_TIMEOUT

@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -77,7 +78,15 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
            "ECAPTURE_REQUIRE_LIVE": os.environ.get("ECAPTURE_REQUIRE_LIVE", "1"),
            # Under TCG, with another guest beside it, bcc's compile alone can take two
            # minutes: more than the plugin's default wait for "probes attached".
-           "ECAPTURE_ATTACH_TIMEOUT": os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "600")}
+           "ECAPTURE_ATTACH_TIMEOUT": os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "600"),
+           # And a stop that takes 5 s on the host took over a minute in the first test
+           # of a guest: the output process starts there cold.
+           "ECAPTURE_STOP_TIMEOUT": os.environ.get("ECAPTURE_STOP_TIMEOUT", "600"),
+           # The tree is read-only here, so without this every ecapture process (two per
+           # capture) compiled every module from source again.
+           "PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX",
+                                                 os.path.join(tempfile.gettempdir(),
+                                                              "ecapture-pycache"))}
     # -p no:cacheprovider: a guest sees the source tree read-only.
     cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
            f"--junitxml={junit}", "-o", "junit_suite_name=" + label, *suite, *pytest_args]
