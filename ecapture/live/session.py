@@ -201,6 +201,9 @@ class LiveSession:
                 self.attached.append(probe)
                 continue
             assert probe.library is not None
+            if probe.address is not None:
+                self._attach_address(bpf, probe)
+                continue
             if probe.target not in elf_symbols(probe.library):
                 if probe.optional:
                     self.skipped.append(probe)
@@ -214,6 +217,19 @@ class LiveSession:
                 raise AttachError(f"attaching {probe.kind} {probe.target} in {probe.library} "
                                   f"failed: {_one_line(e)}") from None
             self.attached.append(probe)
+
+    def _attach_address(self, bpf: Any, probe: Probe) -> None:
+        """A uprobe at an address: bcc maps the virtual address to its file offset."""
+        assert probe.library is not None and probe.address is not None
+        if probe.kind != "uprobe":
+            raise AttachError(f"{probe.kind} {probe.target}: only uprobes attach at an address")
+        try:
+            bpf.attach_uprobe(name=probe.library.encode(), addr=probe.address,
+                              fn_name=probe.fn.encode())
+        except Exception as e:
+            raise AttachError(f"attaching uprobe {probe.target} (0x{probe.address:x}) in "
+                              f"{probe.library} failed: {_one_line(e)}") from None
+        self.attached.append(probe)
 
     def _attach_tc(self, loaded: _Loaded, probes: list[Probe]) -> None:
         """TC classifiers, behind libpcap's filter translated to eBPF when there is one:
