@@ -8,6 +8,7 @@ from ecapture.modules.base import Module
 from ecapture.modules.bash import BashModule
 from ecapture.modules.boringssl import BoringSSLModule
 from ecapture.modules.gnutls import GnuTLSModule
+from ecapture.modules.gotls import GoTLSModule
 from ecapture.modules.nss import NSSModule
 from ecapture.modules.openssl import OpenSSLModule
 
@@ -17,6 +18,7 @@ MODULES: tuple[type[Module], ...] = (
     BoringSSLModule,
     GnuTLSModule,
     NSSModule,
+    GoTLSModule,
 )
 
 
