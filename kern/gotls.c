@@ -79,7 +79,9 @@ struct go_call_key_t {
     u64 g;
 };
 
-BPF_HASH(go_calls, struct go_call_key_t, struct tls_call_t, 16384);
+/* LRU: a call whose RET never comes (a panic unwinding through it) must not hold its
+ * slot for good, and a full table would silently refuse new calls. */
+BPF_TABLE("lru_hash", struct go_call_key_t, struct tls_call_t, go_calls, 16384);
 BPF_PERCPU_ARRAY(go_keylog_heap, struct go_keylog_event_t, 1);
 
 /* The socket fd under a tls.Conn, or -1 when its net.Conn is not a netFD (a program may
