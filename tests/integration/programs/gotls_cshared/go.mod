@@ -1,0 +1,3 @@
+module ecapturetest/gotls_cshared
+
+go 1.19
