@@ -173,7 +173,8 @@ int uprobe_go_write_key_log(struct pt_regs *ctx) {
     ev->tid = (u32)id;
     ev->uid = (u32)bpf_get_current_uid_gid();
     ev->timestamp_ns = bpf_ktime_get_ns();
-    ev->reserved = 0;
+    ev->unread = 0;
+    ev->label_ptr = GO_ARG2(ctx);
     u64 label_len = GO_ARG3(ctx), random_len = GO_ARG5(ctx), secret_len = GO_ARG8(ctx);
     ev->label_len = label_len > 0xffff ? 0xffff : (u32)label_len;
     ev->client_random_len = random_len > 0xffff ? 0xffff : (u32)random_len;
@@ -183,12 +184,16 @@ int uprobe_go_write_key_log(struct pt_regs *ctx) {
     __builtin_memset(ev->label, 0, sizeof(ev->label));
     __builtin_memset(ev->client_random, 0, sizeof(ev->client_random));
     __builtin_memset(ev->secret, 0, sizeof(ev->secret));
-    read_user(ev->label, label_len < GOTLS_LABEL_MAX ? label_len : GOTLS_LABEL_MAX,
-              GO_ARG2(ctx));
-    read_user(ev->client_random,
-              random_len < GOTLS_RANDOM_MAX ? random_len : GOTLS_RANDOM_MAX, GO_ARG4(ctx));
-    read_user(ev->secret, secret_len < GOTLS_SECRET_MAX ? secret_len : GOTLS_SECRET_MAX,
-              GO_ARG7(ctx));
+    if (read_user(ev->label, label_len < GOTLS_LABEL_MAX ? label_len : GOTLS_LABEL_MAX,
+                  GO_ARG2(ctx)) != 0)
+        ev->unread |= GOTLS_UNREAD_LABEL;
+    if (read_user(ev->client_random,
+                  random_len < GOTLS_RANDOM_MAX ? random_len : GOTLS_RANDOM_MAX,
+                  GO_ARG4(ctx)) != 0)
+        ev->unread |= GOTLS_UNREAD_RANDOM;
+    if (read_user(ev->secret, secret_len < GOTLS_SECRET_MAX ? secret_len : GOTLS_SECRET_MAX,
+                  GO_ARG7(ctx)) != 0)
+        ev->unread |= GOTLS_UNREAD_SECRET;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     emit(ctx, ev, sizeof(*ev));
     return 0;

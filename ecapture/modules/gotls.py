@@ -17,14 +17,15 @@ refused in one line.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import Event, Fragment, KeyLogEntry, comm_str
 from ecapture.gobinary import GoBinary, GoFunction, register_abi
-from ecapture.modules.base import Decoded, Option, Probe, Target
+from ecapture.modules.base import Decoded, Observation, Option, Probe, Target
 from ecapture.modules.gotls_offsets import FIRST, LAST, GoOffsets, go_offsets
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS, TlsLibraryModule
 from ecapture.structs.gotls import (
@@ -33,6 +34,9 @@ from ecapture.structs.gotls import (
     LABEL_MAX,
     RANDOM_MAX,
     SECRET_MAX,
+    UNREAD_LABEL,
+    UNREAD_RANDOM,
+    UNREAD_SECRET,
 )
 from ecapture.structs.layout import header_codec
 from ecapture.targets import build_id
@@ -44,6 +48,10 @@ WRITE_KEY_LOG = "crypto/tls.(*Config).writeKeyLog"
 FUNCS = {0: READ, 1: WRITE}
 
 
+# A key-log label: what crypto/tls passes (CLIENT_RANDOM, SERVER_TRAFFIC_SECRET_0, ...).
+LABEL_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
 @dataclass(frozen=True, slots=True)
 class GoKeyLog(Fragment):
     """One (*Config).writeKeyLog call: a key-log line as crypto/tls formats it."""
@@ -53,16 +61,19 @@ class GoKeyLog(Fragment):
     tid: int
     uid: int
     comm: str
-    label: str
+    label: str  # "" when the kernel could not read it (label_ptr says where it is)
+    label_ptr: int
+    label_len: int
     client_random: bytes
     secret: bytes
-    complete: bool  # every field fit its array and was read
+    complete: bool  # the random and secret fit their arrays and were read
 
-    def entries(self) -> list[KeyLogEntry]:
-        if not self.complete:
+    def entries(self, label: str | None = None) -> list[KeyLogEntry]:
+        label = label or self.label
+        if not self.complete or not LABEL_RE.fullmatch(label):
             return []  # a cut or unread secret would decrypt nothing: never written
         return [KeyLogEntry(self.timestamp_ns, self.pid, self.tid, self.uid, self.comm,
-                            self.label, self.client_random, self.secret)]
+                            label, self.client_random, self.secret)]
 
 
 class GoTLSModule(TlsLibraryModule):
@@ -89,6 +100,9 @@ class GoTLSModule(TlsLibraryModule):
         self.write: GoFunction | None = None
         self.write_key_log: GoFunction | None = None
         self._keylog = header_codec(GO_KEYLOG.decl)
+        # (pid, address) -> a label read from the process (observe, live) or from the
+        # recording's facts (apply): the constants crypto/tls passes, a handful per program
+        self._labels: dict[tuple[int, int], str] = {}
 
     def init(self) -> None:
         path = self._executable()
@@ -165,16 +179,63 @@ class GoTLSModule(TlsLibraryModule):
             raise DecodeError(f"go_keylog_event_t has {len(data)} bytes, needs {codec.size}")
         f = dict(zip(codec.names, codec.codec.unpack_from(data), strict=True))
         lengths = (f["label_len"], f["client_random_len"], f["secret_len"])
-        complete = (0 < lengths[0] <= LABEL_MAX and 0 < lengths[1] <= RANDOM_MAX
-                    and 0 < lengths[2] <= SECRET_MAX)
-        label = f["label"][:lengths[0]]
+        unread = f["unread"]
+        complete = (0 < lengths[1] <= RANDOM_MAX and 0 < lengths[2] <= SECRET_MAX
+                    and not unread & (UNREAD_RANDOM | UNREAD_SECRET))
         random, secret = f["client_random"][:lengths[1]], f["secret"][:lengths[2]]
-        complete = complete and label.isascii() and any(random) and any(secret)
+        label = b"" if unread & UNREAD_LABEL or not 0 < lengths[0] <= LABEL_MAX else \
+            f["label"][:lengths[0]]
         return GoKeyLog(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["tid"],
                         uid=f["uid"], comm=comm_str(f["comm"]),
-                        label=label.decode("ascii", "replace"), client_random=random,
-                        secret=secret, complete=complete)
+                        label=label.decode("ascii", "replace"), label_ptr=f["label_ptr"],
+                        label_len=lengths[0], client_random=random, secret=secret,
+                        complete=complete and any(random) and any(secret))
 
     def dispatch_library(self, fragment: Fragment) -> Iterable[Event]:
         if isinstance(fragment, GoKeyLog):
-            yield from fragment.entries()
+            yield from fragment.entries(self._labels.get((fragment.pid, fragment.label_ptr)))
+
+    # -- labels the kernel could not read ------------------------------------------------
+    def observe(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[Observation]:
+        """Besides the family's tuples: a key-log label the kernel could not read (its
+        page of read-only data not yet touched by the process, which a probe cannot fault
+        in) is read here from the process's memory, once per address, and recorded as a
+        fact before the event, so that replay has it too."""
+        facts = super().observe(data, lookup)
+        if int.from_bytes(data[:4], "little") != EVENT_GOTLS_KEYLOG:
+            return facts
+        if len(data) < self._keylog.size:
+            return facts
+        event = self.decode_library(EVENT_GOTLS_KEYLOG, data)
+        assert isinstance(event, GoKeyLog)
+        key = (event.pid, event.label_ptr)
+        if event.label or key in self._labels or not 0 < event.label_len <= LABEL_MAX:
+            return facts
+        label = read_process_memory(event.pid, event.label_ptr, event.label_len)
+        text = label.decode("ascii", "replace") if label is not None else ""
+        self._labels[key] = text  # looked at once, read or not
+        if LABEL_RE.fullmatch(text):
+            facts.append(("go_label", {"pid": event.pid, "address": event.label_ptr,
+                                       "label": text}))
+        return facts
+
+    def apply(self, what: str, fields: Mapping[str, Any]) -> Iterable[Event]:
+        if what != "go_label":
+            yield from super().apply(what, fields)
+            return
+        try:
+            self._labels[(int(fields["pid"]), int(fields["address"]))] = str(fields["label"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecodeError(f"go_label observation without valid fields: {e}") from None
+
+
+def read_process_memory(pid: int, address: int, length: int) -> bytes | None:
+    """``length`` bytes at ``address`` in process ``pid`` (faulting its pages in, which a
+    probe cannot), or None when the process is gone or the address is not mapped."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(address)
+            data = mem.read(length)
+    except (OSError, ValueError, OverflowError):
+        return None
+    return data if len(data) == length else None

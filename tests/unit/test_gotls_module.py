@@ -4,6 +4,8 @@ no other; a program the module cannot read is refused in one line."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ from ecapture.events import KeyLogEntry
 from ecapture.modules import gotls
 from ecapture.modules.gotls import READ, WRITE, WRITE_KEY_LOG, GoTLSModule
 from ecapture.modules.gotls_offsets import FIRST, LAST, LAYOUTS, GoOffsets, go_offsets
-from ecapture.structs.gotls import EVENT_GOTLS_KEYLOG, go_keylog_event_t
+from ecapture.structs.gotls import (
+    EVENT_GOTLS_KEYLOG,
+    UNREAD_LABEL,
+    UNREAD_RANDOM,
+    UNREAD_SECRET,
+    go_keylog_event_t,
+)
 from ecapture.testing.factories import make_event
 from ecapture.testing.gobuild import Variant, build, toolchain
 
@@ -23,14 +31,22 @@ SECRET = bytes(range(100, 148))
 PROGRAM = Path(__file__).resolve().parents[1] / "integration" / "programs" / "gotls"
 
 
-def entries(label: bytes, random: bytes = RANDOM, secret: bytes = SECRET,
-            lengths: tuple[int, int, int] | None = None) -> list[KeyLogEntry]:
-    module = GoTLSModule(CONFIG)
+def keylog_event(label: bytes, random: bytes = RANDOM, secret: bytes = SECRET,
+                 lengths: tuple[int, int, int] | None = None, unread: int = 0,
+                 pid: int = 7, label_ptr: int = 0x4d2000) -> bytes:
     n = lengths or (len(label), len(random), len(secret))
-    data = make_event(go_keylog_event_t, kind=EVENT_GOTLS_KEYLOG, pid=7, tid=8, uid=9,
-                      label_len=n[0], client_random_len=n[1], secret_len=n[2],
-                      label=label.ljust(32, b"\0")[:32], client_random=random.ljust(32, b"\0"),
-                      secret=secret.ljust(64, b"\0"), comm=b"client")
+    return make_event(go_keylog_event_t, kind=EVENT_GOTLS_KEYLOG, pid=pid, tid=8, uid=9,
+                      label_len=n[0], client_random_len=n[1], secret_len=n[2], unread=unread,
+                      label_ptr=label_ptr, label=label.ljust(32, b"\0")[:32],
+                      client_random=random.ljust(32, b"\0"), secret=secret.ljust(64, b"\0"),
+                      comm=b"client")
+
+
+def entries(label: bytes, random: bytes = RANDOM, secret: bytes = SECRET,
+            lengths: tuple[int, int, int] | None = None, unread: int = 0,
+            module: GoTLSModule | None = None) -> list[KeyLogEntry]:
+    module = module or GoTLSModule(CONFIG)
+    data = keylog_event(label, random, secret, lengths, unread)
     return [e for e in module.dispatch(module.decode("events", data))
             if isinstance(e, KeyLogEntry)]
 
@@ -53,6 +69,38 @@ def test_a_cut_field_gives_no_line(lengths: tuple[int, int, int]) -> None:
 def test_an_unread_secret_gives_no_line() -> None:
     assert entries(b"CLIENT_RANDOM", secret=bytes(48)) == []
     assert entries(b"CLIENT_RANDOM", random=bytes(32)) == []
+    assert entries(b"CLIENT_RANDOM", unread=UNREAD_SECRET) == []
+    assert entries(b"CLIENT_RANDOM", unread=UNREAD_RANDOM) == []
+
+
+def test_an_unread_label_comes_from_the_recorded_fact() -> None:
+    # The kernel could not read the label (a page of read-only data not yet touched):
+    # zeros, and no line, until the fact observe() recorded says what is at its address.
+    assert entries(bytes(31), lengths=(31, 32, 48), unread=UNREAD_LABEL) == []
+    module = GoTLSModule(CONFIG)
+    assert list(module.apply("go_label", {"pid": 7, "address": 0x4d2000,
+                                          "label": "SERVER_HANDSHAKE_TRAFFIC_SECRET"})) == []
+    (entry,) = entries(bytes(31), lengths=(31, 32, 48), unread=UNREAD_LABEL, module=module)
+    assert entry.line == f"SERVER_HANDSHAKE_TRAFFIC_SECRET {RANDOM.hex()} {SECRET.hex()}"
+
+
+def test_observe_reads_an_unread_label_from_the_process_once() -> None:
+    label = ctypes.create_string_buffer(b"CLIENT_TRAFFIC_SECRET_0", 23)
+    address = ctypes.addressof(label)
+    module = GoTLSModule(CONFIG)
+    data = keylog_event(bytes(23), lengths=(23, 32, 48), unread=UNREAD_LABEL,
+                        pid=os.getpid(), label_ptr=address)
+    facts = module.observe(data, lambda pid, fd: None)
+    assert facts == [("go_label", {"pid": os.getpid(), "address": address,
+                                   "label": "CLIENT_TRAFFIC_SECRET_0"})]
+    assert module.observe(data, lambda pid, fd: None) == []  # once per address
+    # Read but not a label (or unreadable): no fact, and no line later.
+    junk = ctypes.create_string_buffer(b"not a label at all", 18)
+    other = keylog_event(bytes(18), lengths=(18, 32, 48), unread=UNREAD_LABEL,
+                         pid=os.getpid(), label_ptr=ctypes.addressof(junk))
+    assert module.observe(other, lambda pid, fd: None) == []
+    gone = keylog_event(bytes(13), lengths=(13, 32, 48), unread=UNREAD_LABEL, pid=2**22 + 7)
+    assert module.observe(gone, lambda pid, fd: None) == []
 
 
 # -- the offsets table, as data -----------------------------------------------------------
