@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -150,3 +153,16 @@ def nghttpd(port: int, docroot: Path, cert: tuple[str, str]) -> subprocess.Popen
     return subprocess.Popen(["nghttpd", "-a", "127.0.0.1", "-d", str(docroot), str(port),
                              cert[1], cert[0]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def tshark_payloads(pcap: Path, port: int, keepends: bool = False) -> list[str]:
+    """The decrypted application data tshark reads from a pcapng, given nothing but the
+    file (its packets and the secrets in it), as lines: TLS on ``port``."""
+    if shutil.which("tshark") is None:
+        pytest.fail("tshark is not installed (scripts/setup.sh installs it)")
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls",
+                          "-Y", "data", "-T", "fields", "-e", "data.data"],
+                         check=True, capture_output=True, text=True).stdout
+    data = b"".join(bytes.fromhex(v) for line in out.splitlines()
+                    for v in line.split(",") if v)
+    return data.decode(errors="replace").splitlines(keepends=keepends)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, _free_port, keylog_from, keylog_lines
+from live_helpers import ROOT, _free_port, keylog_from, keylog_lines, tshark_payloads
 
 from ecapture.events import TlsData
 from ecapture.modules.boringssl import find_boringssl
@@ -225,17 +225,6 @@ def test_pid_filter_keeps_only_that_process(live_capture, cert: tuple[str, str])
     assert plaintext(events, server.pid, "write") == PONGS
     # The golden recording: -p keeps other programs' connections out of it.
     cap.save_fixture("boringssl/bssl_server_pid", ("text", "json", "keylog"))
-
-
-def tshark_payloads(pcap: Path, port: int) -> list[str]:
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed (scripts/setup.sh installs it)")
-    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls",
-                          "-Y", "data", "-T", "fields", "-e", "data.data"],
-                         check=True, capture_output=True, text=True).stdout
-    data = b"".join(bytes.fromhex(v) for line in out.splitlines()
-                    for v in line.split(",") if v)
-    return data.decode(errors="replace").splitlines()
 
 
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])

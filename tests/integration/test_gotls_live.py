@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from live_helpers import PROGRAMS, ROOT, keylog_from, keylog_lines
+from live_helpers import PROGRAMS, ROOT, keylog_from, keylog_lines, tshark_payloads
 
 from ecapture.events import TlsData
 from ecapture.exchanges import HttpExchange
@@ -245,15 +245,6 @@ def test_net_http_exchanges_paired(live_capture, servers, cert, tmp_path: Path,
 
 # -- the pcap model: tshark decrypts with nothing but our file ---------------------------
 
-def tshark_payloads(pcap: Path, port: int) -> list[str]:
-    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls",
-                          "-Y", "data", "-T", "fields", "-e", "data.data"],
-                         check=True, capture_output=True, text=True).stdout
-    data = b"".join(bytes.fromhex(v) for line in out.splitlines()
-                    for v in line.split(",") if v)
-    return data.decode(errors="replace").splitlines(keepends=True)
-
-
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"go{v}")
 def test_tshark_decrypts_our_pcapng(live_capture, servers, cert, tmp_path: Path,
                                     version: str) -> None:
@@ -266,11 +257,11 @@ def test_tshark_decrypts_our_pcapng(live_capture, servers, cert, tmp_path: Path,
         run_client(binary, server, tmp_path / f"client{tls}.keys", "-raw", "-tls", tls)
     cap.stop()
     server.stop()
-    assert sorted(tshark_payloads(pcap, server.port)) == sorted((PINGS + PONGS) * 2)
+    assert sorted(tshark_payloads(pcap, server.port, keepends=True)) == sorted((PINGS + PONGS) * 2)
     again = tmp_path / "replayed.pcapng"
     subprocess.run([sys.executable, "-m", "ecapture", "replay", str(cap.record), "-m", "pcap",
                     "-w", str(again)], check=True, capture_output=True, cwd=ROOT)
-    assert sorted(tshark_payloads(again, server.port)) == sorted((PINGS + PONGS) * 2)
+    assert sorted(tshark_payloads(again, server.port, keepends=True)) == sorted((PINGS + PONGS) * 2)
 
 
 # -- --pid, filters and errors -------------------------------------------------------------
