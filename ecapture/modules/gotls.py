@@ -24,7 +24,7 @@ from typing import Any
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
 from ecapture.events import Event, Fragment, KeyLogEntry, comm_str
-from ecapture.gobinary import GoBinary, GoFunction, register_abi
+from ecapture.gobinary import GoBinary, GoBinaryError, GoFunction, register_abi
 from ecapture.modules.base import Decoded, Observation, Option, Probe, Target
 from ecapture.modules.gotls_offsets import FIRST, LAST, GoOffsets, go_offsets
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS, TlsLibraryModule
@@ -106,7 +106,14 @@ class GoTLSModule(TlsLibraryModule):
 
     def init(self) -> None:
         path = self._executable()
-        binary = GoBinary.open(path)
+        # With --pid alone the "library" is the process's executable: say so in the words
+        # every TLS module uses for a process without its library.
+        pid = self.config.get("pid") if not self.config.get("elfpath") else None
+        whose = f"process {pid} maps no Go crypto/tls: " if pid is not None else ""
+        try:
+            binary = GoBinary.open(path)
+        except GoBinaryError as e:
+            raise GoBinaryError(f"{whose}{e}") from None
         go = f"{path} was built by {binary.version}"
         if not register_abi(binary):
             raise AttachError(f"{go} for {binary.arch}, whose calls pass arguments on the "
@@ -119,8 +126,8 @@ class GoTLSModule(TlsLibraryModule):
         self.read = binary.function(READ)
         self.write = binary.function(WRITE)
         if self.read is None or self.write is None:
-            raise AttachError(f"{path} ({binary.version}) does not use crypto/tls: it has no "
-                              f"{READ if self.read is None else WRITE}")
+            raise AttachError(f"{whose}{path} ({binary.version}) does not use crypto/tls: it "
+                              f"has no {READ if self.read is None else WRITE}")
         self.write_key_log = binary.function(WRITE_KEY_LOG)
         self.binary = binary
         self.targets = [Target(path, f"Go {binary.version.removeprefix('go')}",
