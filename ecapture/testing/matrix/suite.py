@@ -79,8 +79,8 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
            # Under TCG, with another guest beside it, bcc's compile alone can take two
            # minutes: more than the plugin's default wait for "probes attached".
            "ECAPTURE_ATTACH_TIMEOUT": os.environ.get("ECAPTURE_ATTACH_TIMEOUT", "600"),
-           # And a stop that takes 5 s on the host took over a minute in the first test
-           # of a guest: the output process starts there cold.
+           # A stop that takes about a second on the host took over a minute in a guest's
+           # first test: the output process starts there cold.
            "ECAPTURE_STOP_TIMEOUT": os.environ.get("ECAPTURE_STOP_TIMEOUT", "600"),
            # The tree is read-only here, so without this every ecapture process (two per
            # capture) compiled every module from source again.
