@@ -11,6 +11,7 @@ contract is here.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ecapture.modules.base import (
     split_kind,
 )
 from ecapture.structs.bash import BASH_LINE_MAX, BASH_READLINE, EVENT_BASH_READLINE
-from ecapture.targets import build_id, elf_symbols, find_library
+from ecapture.targets import build_id, elf_symbols, find_library, needed_libraries
 
 READLINE = "readline"
 
@@ -100,11 +101,14 @@ class BashModule(Module):
             raise AttachError("bash not found: install bash, or pass --bash PATH")
         path = os.path.realpath(path)
         if READLINE not in elf_symbols(path):
-            # A bash built against the shared libreadline keeps readline() there.
-            lib = find_library([r"libreadline\.so(\.\d+)*"])
+            # A program linked with the shared libreadline (a bash built so, psql) keeps
+            # readline() there; one that links none reads no lines through it.
+            needed = [n for n in needed_libraries(path) if n.startswith("libreadline.so")]
+            lib = find_library([re.escape(needed[0])]) if needed else None
             if lib is None or READLINE not in elf_symbols(lib):
-                raise AttachError(f"symbol readline not found in {path}: pass --bash with a "
-                                  "bash binary or a libreadline.so that has it")
+                raise AttachError(f"{path} neither defines readline() nor links libreadline: "
+                                  "pass --bash with bash, a program linked with "
+                                  "libreadline, or a libreadline.so")
             path = os.path.realpath(lib)
         self.binary = path
         self.targets = [Target(path, None, build_id(path))]
