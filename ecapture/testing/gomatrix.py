@@ -15,8 +15,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from ecapture.testing.matrix.suite import parse_junit
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = "tests/integration/test_gotls_live.py"
@@ -29,21 +30,19 @@ COLUMNS = {
 }
 
 
+OUTCOMES = {"passed": "ok", "failed": "FAIL", "error": "FAIL", "skipped": "skip"}
+
+
 def results(junit: Path) -> dict[str, dict[str, str]]:
     """release -> column -> "ok" / "FAIL" / "skip"."""
     table: dict[str, dict[str, str]] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        m = re.fullmatch(r"(\w+)\[go([\d.]+)(?:-(.+))?\]", case.get("name", ""))
+    for test in parse_junit(junit):
+        m = re.fullmatch(r"(\w+)\[go([\d.]+)(?:-(.+))?\]", test["id"].rsplit("::", 1)[-1])
         if not m or m.group(1) not in COLUMNS:
             continue
         name, release, rest = m.groups()
         column = COLUMNS[name].format(variant=rest or "").strip()
-        outcome = "ok"
-        if case.find("failure") is not None or case.find("error") is not None:
-            outcome = "FAIL"
-        elif case.find("skipped") is not None:
-            outcome = "skip"
-        table.setdefault(release, {})[column] = outcome
+        table.setdefault(release, {})[column] = OUTCOMES[test["outcome"]]
     return table
 
 
