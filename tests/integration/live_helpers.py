@@ -166,3 +166,19 @@ def tshark_payloads(pcap: Path, port: int, keepends: bool = False) -> list[str]:
     data = b"".join(bytes.fromhex(v) for line in out.splitlines()
                     for v in line.split(",") if v)
     return data.decode(errors="replace").splitlines(keepends=keepends)
+
+
+def ecap(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, after ``prelude`` (used to take a prerequisite
+    away, e.g. make bcc unimportable)."""
+    code = f"import sys; {prelude}from ecapture.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert needle in lines[0]

@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from live_helpers import PROGRAMS, ROOT, keylog_from, keylog_lines, tshark_payloads
+from live_helpers import (
+    PROGRAMS,
+    ROOT,
+    ecap,
+    keylog_from,
+    keylog_lines,
+    one_line_error,
+    tshark_payloads,
+)
 
 from ecapture.events import TlsData
 from ecapture.exchanges import HttpExchange
@@ -312,11 +320,6 @@ def test_a_go_library_in_a_c_program(live_capture, servers, cert, tmp_path: Path
     assert keylog_from(cap.record, tmp_path / "ours.keys") == keylog_lines(server.keylog)
 
 
-def _ecapture(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ecapture", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-
-
 def test_refusals_are_one_line(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         unavailable("needs root: ecapture checks its privileges before its target")
@@ -333,12 +336,8 @@ def test_refusals_are_one_line(tmp_path: Path) -> None:
         "no target": ((), "-e/--elfpath"),
         "no such pid": (("--pid", "999999999"), "no such process"),
     }
-    for name, (args, words) in cases.items():
-        r = _ecapture("gotls", *args)
-        assert r.returncode != 0, name
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and words in lines[0], (name, r.stderr)
-        assert "Traceback" not in r.stderr
+    for args, words in cases.values():
+        one_line_error(ecap("gotls", *args), words)
 
 
 # -- offsets: the table against each release's own DWARF ---------------------------------

@@ -5,30 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, unprivileged_python
+from live_helpers import ecap, one_line_error, unprivileged_python
 
 pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
-
-
-def ecap(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a fresh interpreter, after ``prelude`` (used to take a prerequisite
-    away, e.g. make bcc unimportable)."""
-    code = f"import sys; {prelude}from ecapture.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
-
-
-def one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> None:
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert needle in lines[0]
 
 
 def test_not_root() -> None:
