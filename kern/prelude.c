@@ -31,7 +31,9 @@
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* A ring buffer has no lost-sample callback: count failed outputs ourselves. */
 BPF_PERCPU_ARRAY(dropped, u64, 1);
-static __always_inline void emit(void *ctx, void *data, u32 size) {
+/* Returns 1 when the event was sent, 0 when it was dropped (a module that counts what it
+ * sent, as bash counts a command's lines, must not count a drop). */
+static __always_inline u32 emit(void *ctx, void *data, u32 size) {
     /* 0 on success, a negative errno when the buffer is full: its sign bit is the drop.
      * Counting without a branch on it keeps chunk loops cheap for the verifier. */
     u64 failed = (u64)events.ringbuf_output(data, size, 0) >> 63;
@@ -39,11 +41,12 @@ static __always_inline void emit(void *ctx, void *data, u32 size) {
     u64 *n = dropped.lookup(&zero);
     if (n)
         *n += failed;
+    return (u32)(failed ^ 1);
 }
 #else
 BPF_PERF_OUTPUT(events);
-static __always_inline void emit(void *ctx, void *data, u32 size) {
-    events.perf_submit(ctx, data, size);
+static __always_inline u32 emit(void *ctx, void *data, u32 size) {
+    return events.perf_submit(ctx, data, size) == 0;
 }
 #endif
 

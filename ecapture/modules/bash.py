@@ -1,8 +1,12 @@
-"""The ``bash`` module: every line an interactive shell reads with readline().
+"""The ``bash`` module: every line an interactive shell reads with readline(), and how the
+command it was part of ended.
 
 Kernel side: kern/bash.c, one uretprobe on ``readline`` in the shell binary (bash links
 GNU readline statically) or in libreadline, for any other program that uses it. Event:
 ``bash_readline_event_t``, one per line, on one ring buffer (perf buffer on old kernels).
+In bash itself, probes on ``read_command``, ``execute_command``, ``exit_shell`` and
+``shell_execve`` add ``bash_command_end_event_t``: the command made of the last N lines
+ended, with this status. User space joins the lines and their end into one event.
 
 This is the worked example of docs/adding-a-module.md: small, but every part of the module
 contract is here.
@@ -13,13 +17,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import Event, comm_str
+from ecapture.events import Event, Fragment, comm_str
 from ecapture.modules.base import (
+    Decoded,
     EventMap,
     Features,
     Module,
@@ -29,19 +35,48 @@ from ecapture.modules.base import (
     non_negative_int,
     split_kind,
 )
-from ecapture.structs.bash import BASH_LINE_MAX, BASH_READLINE, EVENT_BASH_READLINE
+from ecapture.structs.bash import (
+    BASH_COMMAND_END,
+    BASH_LINE_MAX,
+    BASH_READLINE,
+    END_EXEC,
+    END_EXIT,
+    END_NO_COMMAND,
+    END_RETURNED,
+    EVENT_BASH_COMMAND_END,
+    EVENT_BASH_READLINE,
+)
 from ecapture.targets import build_id, elf_symbols, find_library, needed_libraries
 
 READLINE = "readline"
+#: bash's own functions that tell where a command ends (kern/bash.c); the first two must
+#: be there for exit statuses, the others close a shell's last command
+COMMAND_HOOKS = ("read_command", "execute_command", "exit_shell", "shell_execve")
+#: a status is known at execute_command()'s return, the rest at their entry
+HOOK_KIND: dict[str, Literal["uprobe", "uretprobe"]] = {
+    name: "uretprobe" if name == "execute_command" else "uprobe" for name in COMMAND_HOOKS}
+ENDED = {END_RETURNED: "returned", END_NO_COMMAND: "no command", END_EXIT: "exit",
+         END_EXEC: "exec"}
 
 
 @dataclass(slots=True)
 class BashLine(Event):
     """A line a shell read: what the user typed (before history expansion). Its tid is the
-    shell's pid: readline runs on the shell's one thread."""
+    shell's pid: readline runs on the shell's one thread.
+
+    Where the shell's end of commands is known (bash itself, not a program that merely links
+    libreadline), one event is one command: its lines joined by newlines, how it ended and
+    its exit status; the timestamp is its first line's."""
 
     line: bytes
     truncated: bool
+    #: "returned" (status is the command's exit status), "exit" (the shell exited with
+    #: status), "exec" (the shell replaced itself), "no command" (an empty line, a comment,
+    #: a syntax error), None (not known: no end was captured)
+    ended: str | None = None
+    status: int | None = None
+    #: from the last line's Enter to the command's end
+    duration_ns: int | None = None
 
     json_type: ClassVar[str] = "bash"
 
@@ -50,11 +85,51 @@ class BashLine(Event):
         # One event, one output line: show control characters escaped, never raw.
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         cut = f"  (cut at {len(self.line)} bytes)" if self.truncated else ""
-        return f"{self.comm} pid {self.pid} uid {self.uid}  $ {text}{cut}"
+        return f"{self.comm} pid {self.pid} uid {self.uid}  $ {text}{cut}{self._end()}"
+
+    def _end(self) -> str:
+        if self.ended == "returned":
+            return f"  [exit {self.status}]"
+        if self.ended == "exit":
+            return f"  [shell exit {self.status}]"
+        if self.ended == "exec":
+            return "  [exec]"
+        return ""
 
     def json_fields(self) -> dict[str, Any]:
         return {"pid": self.pid, "uid": self.uid, "comm": self.comm, "line": self.line,
-                "truncated": self.truncated}
+                "truncated": self.truncated, "ended": self.ended, "status": self.status,
+                "duration_ns": self.duration_ns}
+
+
+@dataclass(slots=True)
+class CommandEnd(Fragment):
+    """The end of the command made of a shell's last ``lines`` lines."""
+
+    timestamp_ns: int
+    pid: int
+    lines: int
+    ended: str
+    status: int | None
+
+
+@dataclass
+class _Shell:
+    """A shell's lines and ends not yet joined: both in timestamp order."""
+
+    lines: list[BashLine] = field(default_factory=list)
+    ends: list[CommandEnd] = field(default_factory=list)
+
+
+def join(lines: list[BashLine], end: CommandEnd | None) -> BashLine:
+    """One command's lines (at least one) and its end as one event."""
+    first, last = lines[0], lines[-1]
+    return BashLine(timestamp_ns=first.timestamp_ns, pid=first.pid, tid=first.tid,
+                    uid=first.uid, comm=first.comm,
+                    line=b"\n".join(x.line for x in lines),
+                    truncated=any(x.truncated for x in lines),
+                    ended=end.ended if end else None, status=end.status if end else None,
+                    duration_ns=end.timestamp_ns - last.timestamp_ns if end else None)
 
 
 def default_shell() -> str | None:
@@ -79,12 +154,19 @@ class BashModule(Module):
         Option(("-u", "--uid"), "uid", "capture only this user id",
                type=non_negative_int, metavar="UID"),
     )
-    maps = (EventMap("events", {EVENT_BASH_READLINE: BASH_READLINE}),)
+    maps = (EventMap("events", {EVENT_BASH_READLINE: BASH_READLINE,
+                                EVENT_BASH_COMMAND_END: BASH_COMMAND_END}),)
 
     def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
         self.binary: str | None = None
-        self._codec = self.maps[0].codecs()[EVENT_BASH_READLINE]
+        codecs = self.maps[0].codecs()
+        self._codec = codecs[EVENT_BASH_READLINE]
+        self._end_codec = codecs[EVENT_BASH_COMMAND_END]
+        # Set by init() from the binary, and recorded: replay joins lines as live did
+        # (recordings made before command ends existed have none to wait for).
+        self.hooks: tuple[str, ...] = tuple(self.config.get("command_hooks") or ())
+        self._shells: defaultdict[int, _Shell] = defaultdict(_Shell)
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
@@ -112,10 +194,18 @@ class BashModule(Module):
             path = os.path.realpath(lib)
         self.binary = path
         self.targets = [Target(path, None, build_id(path))]
+        symbols = elf_symbols(path)
+        # bash's own functions: absent from libreadline, psql and the like, which have no
+        # commands to end, and from a bash built without exported symbols.
+        if all(name in symbols for name in COMMAND_HOOKS[:2]):
+            self.hooks = tuple(name for name in COMMAND_HOOKS if name in symbols)
 
     # -- kernel side ---------------------------------------------------------------
     def probes(self, features: Features) -> list[Probe]:
-        return [Probe("uretprobe", READLINE, "bash_readline_return", self.binary)]
+        probes = [Probe("uretprobe", READLINE, "bash_readline_return", self.binary)]
+        probes += [Probe(HOOK_KIND[name], name, f"bash_{name}", self.binary)
+                   for name in self.hooks]
+        return probes
 
     def cflags(self, features: Features) -> list[str]:
         flags: list[str] = []
@@ -123,11 +213,18 @@ class BashModule(Module):
             flags.append(f"-DTARGET_PID={self.config['pid']}")
         if self.config.get("uid") is not None:
             flags.append(f"-DTARGET_UID={self.config['uid']}")
+        if self.hooks:
+            flags.append("-DBASH_COMMANDS=1")
         return flags
 
+    def recorded_options(self) -> dict[str, Any]:
+        return {**super().recorded_options(), "command_hooks": list(self.hooks)}
+
     # -- user side -----------------------------------------------------------------
-    def decode(self, map_name: str, data: bytes) -> BashLine:
+    def decode(self, map_name: str, data: bytes) -> BashLine | CommandEnd:
         kind = split_kind(data)
+        if kind == EVENT_BASH_COMMAND_END:
+            return self._decode_end(data)
         if kind != EVENT_BASH_READLINE:
             raise DecodeError(f"unknown event kind {kind} on map {map_name}")
         size = self._codec.size
@@ -141,3 +238,61 @@ class BashModule(Module):
         return BashLine(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],
                         uid=f["uid"], comm=comm_str(f["comm"]), line=data[size:end],
                         truncated=bool(f["truncated"]))
+
+    def _decode_end(self, data: bytes) -> CommandEnd:
+        size = self._end_codec.size
+        if len(data) < size:
+            raise DecodeError(f"bash_command_end_event_t has {len(data)} bytes, needs {size}")
+        f = dict(zip(self._end_codec.names, self._end_codec.codec.unpack_from(data),
+                     strict=True))
+        ended = ENDED.get(f["how"])
+        if ended is None or f["lines"] == 0:
+            raise DecodeError(f"bash_command_end_event_t with how={f['how']}, "
+                              f"lines={f['lines']}")
+        status = f["status"] if f["how"] in (END_RETURNED, END_EXIT) else None
+        return CommandEnd(f["timestamp_ns"], f["pid"], f["lines"], ended, status)
+
+    def dispatch(self, decoded: Decoded) -> Iterator[BashLine]:
+        if not isinstance(decoded, BashLine | CommandEnd):
+            return
+        if not self.hooks:
+            if isinstance(decoded, BashLine):
+                yield decoded
+            return
+        shell = self._shells[decoded.pid]
+        if isinstance(decoded, BashLine):
+            _insert(shell.lines, decoded)
+        else:
+            _insert(shell.ends, decoded)
+        yield from self._join(shell, waiting=1)
+
+    def _join(self, shell: _Shell, waiting: int) -> Iterator[BashLine]:
+        """Join each end with the lines it counts, oldest first. An end whose lines have not
+        all arrived waits (a perf buffer delivers each CPU's events in turn, so an end may
+        come before its line), but only the last ``waiting`` ends may: once a later end is
+        here, the lines an earlier one lacks were lost (and counted as lost)."""
+        while shell.ends:
+            end = shell.ends[0]
+            mine = [x for x in shell.lines if x.timestamp_ns < end.timestamp_ns][:end.lines]
+            if len(mine) < end.lines and len(shell.ends) <= waiting:
+                return
+            shell.ends.pop(0)
+            del shell.lines[:len(mine)]
+            if mine:
+                yield join(mine, end)
+
+    def finish(self) -> Iterator[BashLine]:
+        """The end of input: ends join what arrived; lines without an end (a command still
+        running, or a shell killed) go out one by one, with no status."""
+        for shell in self._shells.values():
+            yield from self._join(shell, waiting=0)
+            yield from shell.lines
+        self._shells.clear()
+
+
+def _insert(items: list[Any], item: BashLine | CommandEnd) -> None:
+    """Append in timestamp order: almost always at the end."""
+    i = len(items)
+    while i and items[i - 1].timestamp_ns > item.timestamp_ns:
+        i -= 1
+    items.insert(i, item)
