@@ -11,6 +11,7 @@ from ecapture.modules.gnutls import GnuTLSModule
 from ecapture.modules.gotls import GoTLSModule
 from ecapture.modules.nss import NSSModule
 from ecapture.modules.openssl import OpenSSLModule
+from ecapture.modules.zsh import ZshModule
 
 MODULES: tuple[type[Module], ...] = (
     OpenSSLModule,
@@ -19,6 +20,7 @@ MODULES: tuple[type[Module], ...] = (
     GnuTLSModule,
     NSSModule,
     GoTLSModule,
+    ZshModule,
 )
 
 
