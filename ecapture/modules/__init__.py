@@ -9,6 +9,7 @@ from ecapture.modules.bash import BashModule
 from ecapture.modules.boringssl import BoringSSLModule
 from ecapture.modules.gnutls import GnuTLSModule
 from ecapture.modules.gotls import GoTLSModule
+from ecapture.modules.mysqld import MysqldModule
 from ecapture.modules.nss import NSSModule
 from ecapture.modules.openssl import OpenSSLModule
 from ecapture.modules.zsh import ZshModule
@@ -21,6 +22,7 @@ MODULES: tuple[type[Module], ...] = (
     NSSModule,
     GoTLSModule,
     ZshModule,
+    MysqldModule,
 )
 
 
