@@ -41,6 +41,14 @@ def comm_str(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+def one_line(data: bytes) -> str:
+    """What a program read or sent, as text on one output line: UTF-8 where it is valid,
+    backslash escapes for the rest and for control characters (the newlines of a command
+    typed over several lines), never raw: one event, one line."""
+    text = data.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def addr_str(family: int, raw: bytes) -> str:
     if family == AF_INET:
         return str(ipaddress.IPv4Address(raw[:4]))

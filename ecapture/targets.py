@@ -164,7 +164,8 @@ def _elf_info(path: str) -> tuple[frozenset[str], str | None, tuple[str, ...]]:
             for section in elf.iter_sections():
                 if section["sh_type"] == "SHT_NOTE":
                     for note in section.iter_notes():  # type: ignore[attr-defined]
-                        if note["n_type"] == "NT_GNU_BUILD_ID":
+                        # stapsdt (USDT) notes share type 3: only the GNU owner's is the id
+                        if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
                             build_id = str(note["n_desc"])
                 elif section["sh_type"] == "SHT_DYNAMIC":
                     for tag in section.iter_tags():  # type: ignore[attr-defined]

@@ -140,6 +140,8 @@ class LiveSession:
             # The syscall tracepoints' path tells an accepted fd's socket from the task's
             # file table (kern/tls.c), where the kernel's BTF says its members are.
             self.features.kernel_offsets = dict(member_offsets(FILE_TABLE_OFFSETS))
+        if members := self.module.kernel_members():
+            self.features.kernel_offsets.update(member_offsets(members))
         return self.features
 
     def cflags(self, program: Program) -> list[str]:

@@ -12,6 +12,7 @@ from ecapture.modules.gotls import GoTLSModule
 from ecapture.modules.mysqld import MysqldModule
 from ecapture.modules.nss import NSSModule
 from ecapture.modules.openssl import OpenSSLModule
+from ecapture.modules.postgres import PostgresModule
 from ecapture.modules.zsh import ZshModule
 
 MODULES: tuple[type[Module], ...] = (
@@ -23,6 +24,7 @@ MODULES: tuple[type[Module], ...] = (
     GoTLSModule,
     ZshModule,
     MysqldModule,
+    PostgresModule,
 )
 
 

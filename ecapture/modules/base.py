@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -208,6 +209,12 @@ class Module:
     def cflags(self, features: Features) -> list[str]:
         return []
 
+    def kernel_members(self) -> tuple[tuple[str, str, str], ...]:
+        """Kernel struct members the program reads, as (name, struct, member): the live
+        layer looks their offsets up in the running kernel's BTF and passes them in
+        ``Features.kernel_offsets`` (-DKOFF_<name>); a name is missing where it cannot."""
+        return ()
+
     def programs(self, features: Features) -> list[Program]:
         """The eBPF programs to compile and attach: by default one, ``source``."""
         return [Program("main", (self.source,), tuple(self.cflags(features)),
@@ -254,6 +261,37 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
+
+
+def pid_option(help: str = "capture only this process id") -> Option:
+    """``-p/--pid``: most modules filter with kern/prelude.c's ``traced()``."""
+    return Option(("-p", "--pid"), "pid", help, type=non_negative_int, metavar="PID")
+
+
+def uid_option(help: str = "capture only this user id") -> Option:
+    """``-u/--uid``, filtered by kern/prelude.c's ``traced()``."""
+    return Option(("-u", "--uid"), "uid", help, type=non_negative_int, metavar="UID")
+
+
+def process_filter_cflags(config: Mapping[str, Any]) -> list[str]:
+    """``--pid`` and ``--uid`` as the -D flags kern/prelude.c's ``traced()`` reads."""
+    flags: list[str] = []
+    if config.get("pid") is not None:
+        flags.append(f"-DTARGET_PID={config['pid']}")
+    if config.get("uid") is not None:
+        flags.append(f"-DTARGET_UID={config['uid']}")
+    return flags
+
+
+def check_path_and_pid(config: Mapping[str, Any], path_option: str | None) -> None:
+    """The checks of a module's target options, before anything is loaded: its path option
+    (``--<path_option>``) names a file, and ``--pid`` a running process."""
+    path = config.get(path_option) if path_option else None
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"--{path_option} {path}: no such file")
+    pid = config.get("pid")
+    if pid is not None and not os.path.exists(f"/proc/{pid}"):
+        raise ConfigError(f"--pid {pid}: no such process")
 
 
 def split_kind(data: bytes) -> int:
