@@ -22,8 +22,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import Event, Fragment, comm_str
+from ecapture.errors import AttachError, DecodeError
+from ecapture.events import Event, Fragment, comm_str, one_line
 from ecapture.modules.base import (
     Decoded,
     EventMap,
@@ -32,8 +32,11 @@ from ecapture.modules.base import (
     Option,
     Probe,
     Target,
-    non_negative_int,
+    check_path_and_pid,
+    pid_option,
+    process_filter_cflags,
     split_kind,
+    uid_option,
 )
 from ecapture.structs.bash import (
     BASH_COMMAND_END,
@@ -81,11 +84,9 @@ class BashLine(Event):
     json_type: ClassVar[str] = "bash"
 
     def text_line(self) -> str:
-        text = self.line.decode("utf-8", "backslashreplace")
-        # One event, one output line: show control characters escaped, never raw.
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         cut = f"  (cut at {len(self.line)} bytes)" if self.truncated else ""
-        return f"{self.comm} pid {self.pid} uid {self.uid}  $ {text}{cut}{self._end()}"
+        return (f"{self.comm} pid {self.pid} uid {self.uid}  $ {one_line(self.line)}{cut}"
+                f"{self._end()}")
 
     def _end(self) -> str:
         if self.ended == "returned":
@@ -149,10 +150,8 @@ class BashModule(Module):
     options = (
         Option(("--bash",), "bash", "the shell binary, or a libreadline.so, to attach to "
                "(default: $SHELL if it is bash, else bash on PATH)", metavar="PATH"),
-        Option(("-p", "--pid"), "pid", "capture only this process id",
-               type=non_negative_int, metavar="PID"),
-        Option(("-u", "--uid"), "uid", "capture only this user id",
-               type=non_negative_int, metavar="UID"),
+        pid_option(),
+        uid_option(),
     )
     maps = (EventMap("events", {EVENT_BASH_READLINE: BASH_READLINE,
                                 EVENT_BASH_COMMAND_END: BASH_COMMAND_END}),)
@@ -170,12 +169,7 @@ class BashModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        path = self.config.get("bash")
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"--bash {path}: no such file")
-        pid = self.config.get("pid")
-        if pid is not None and not os.path.exists(f"/proc/{pid}"):
-            raise ConfigError(f"--pid {pid}: no such process")
+        check_path_and_pid(self.config, "bash")
 
     def init(self) -> None:
         path = self.config.get("bash") or default_shell()
@@ -208,11 +202,7 @@ class BashModule(Module):
         return probes
 
     def cflags(self, features: Features) -> list[str]:
-        flags: list[str] = []
-        if self.config.get("pid") is not None:
-            flags.append(f"-DTARGET_PID={self.config['pid']}")
-        if self.config.get("uid") is not None:
-            flags.append(f"-DTARGET_UID={self.config['uid']}")
+        flags = process_filter_cflags(self.config)
         if self.hooks:
             flags.append("-DBASH_COMMANDS=1")
         return flags

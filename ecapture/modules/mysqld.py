@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import Event, Fragment, comm_str
+from ecapture.errors import AttachError, DecodeError
+from ecapture.events import Event, Fragment, comm_str, one_line
 from ecapture.modules.base import (
     Decoded,
     EventMap,
@@ -42,8 +42,11 @@ from ecapture.modules.base import (
     Option,
     Probe,
     Target,
-    non_negative_int,
+    check_path_and_pid,
+    pid_option,
+    process_filter_cflags,
     split_kind,
+    uid_option,
 )
 from ecapture.parsers import mysql_binary as mb
 from ecapture.structs.mysqld import (
@@ -241,10 +244,10 @@ class MysqldCommand(Event):
         if self.status == "error":
             status = f"error {self.error}"
             if self.error_message:
-                status += f" ({_one_line(self.error_message)})"
+                status += f" ({one_line(self.error_message.encode())})"
         text = ""
         if self.sql is not None:
-            text = _one_line(self.sql.decode("utf-8", "backslashreplace"))
+            text = one_line(self.sql)
         elif self.stmt_id is not None and self.command in mb.STMT_COMMANDS:
             text = "(statement not prepared while capturing)"
         if self.params is not None and self.params:
@@ -291,12 +294,6 @@ class MysqldNotice(Event):
 
     def json_fields(self) -> dict[str, Any]:
         return {"cut": self.cut, "unjoined": self.unjoined}
-
-
-def _one_line(text: str) -> str:
-    """One event, one output line: control characters (a multi-line query's newlines)
-    shown escaped, never raw."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # -- fragments and joining ---------------------------------------------------------------
@@ -351,10 +348,8 @@ class MysqldModule(Module):
         Option(("--mysqld",), "mysqld", "the server binary to attach to (default: "
                "/usr/sbin/mariadbd, else mysqld on PATH; with --pid, that process's "
                "executable)", metavar="PATH"),
-        Option(("-p", "--pid"), "pid", "capture only this server process id",
-               type=non_negative_int, metavar="PID"),
-        Option(("-u", "--uid"), "uid", "capture only servers running as this user id",
-               type=non_negative_int, metavar="UID"),
+        pid_option("capture only this server process id"),
+        uid_option("capture only servers running as this user id"),
     )
     maps = (EventMap("events", {EVENT_MYSQLD_QUERY: MYSQLD_QUERY,
                                 EVENT_MYSQLD_DONE: MYSQLD_DONE}),)
@@ -377,12 +372,7 @@ class MysqldModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        path = self.config.get("mysqld")
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"--mysqld {path}: no such file")
-        pid = self.config.get("pid")
-        if pid is not None and not os.path.exists(f"/proc/{pid}"):
-            raise ConfigError(f"--pid {pid}: no such process")
+        check_path_and_pid(self.config, "mysqld")
 
     def init(self) -> None:
         path = self.config.get("mysqld")
@@ -420,11 +410,7 @@ class MysqldModule(Module):
             flags.append(f"-DMYSQLD_NOT_ERROR={MARIADB_NOT_ERROR}")
         else:
             flags.append("-DRETVAL_BOOL=1")
-        if self.config.get("pid") is not None:
-            flags.append(f"-DTARGET_PID={self.config['pid']}")
-        if self.config.get("uid") is not None:
-            flags.append(f"-DTARGET_UID={self.config['uid']}")
-        return flags
+        return flags + process_filter_cflags(self.config)
 
     # -- user side: decoding ---------------------------------------------------------
     def decode(self, map_name: str, data: bytes) -> Decoded:

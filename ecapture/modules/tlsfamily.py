@@ -44,7 +44,10 @@ from ecapture.modules.base import (
     Option,
     Probe,
     Program,
-    non_negative_int,
+    check_path_and_pid,
+    pid_option,
+    process_filter_cflags,
+    uid_option,
 )
 from ecapture.structs.layout import KernelStruct, header_codec
 from ecapture.structs.packets import (
@@ -63,10 +66,8 @@ MAX_CHUNKS = 256  # per call: 4 MiB of plaintext with 16 KiB chunks
 MAX_PACKET_CHUNKS = 32  # per packet: 512 KiB, more than any GSO packet
 
 FAMILY_OPTIONS = (
-    Option(("-p", "--pid"), "pid", "capture only this process id",
-           type=non_negative_int, metavar="PID"),
-    Option(("-u", "--uid"), "uid", "capture only this user id",
-           type=non_negative_int, metavar="UID"),
+    pid_option(),
+    uid_option(),
     Option(("-i", "--ifname"), "ifname", "network interface whose packets -m pcap "
            "captures (a TC classifier that only watches)", metavar="IFACE"),
 )
@@ -165,13 +166,7 @@ class TlsLibraryModule(Module):
                 raise ConfigError("-m pcap needs -i IFACE, the interface to capture on")
             if not os.path.exists(f"/sys/class/net/{ifname}"):
                 raise ConfigError(f"-i {ifname}: no such network interface")
-        pid = self.config.get("pid")
-        if pid is not None and not os.path.exists(f"/proc/{pid}"):
-            raise ConfigError(f"--pid {pid}: no such process")
-        option = self.library_option
-        path = self.config.get(option) if option else None
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"--{option} {path}: no such file")
+        check_path_and_pid(self.config, self.library_option)
 
     def resolve_library(self, patterns: Iterable[str], required: Iterable[str], what: str,
                         hint: str) -> tuple[str, frozenset[str]]:
@@ -212,11 +207,8 @@ class TlsLibraryModule(Module):
 
     def cflags(self, features: Features) -> list[str]:
         flags = [f"-DTLS_CHUNK_SIZE={TLS_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}",
-                 f"-DSOCKET_HOOKS={int(features.socket_tracepoints)}"]
-        if self.config.get("pid") is not None:
-            flags.append(f"-DTARGET_PID={self.config['pid']}")
-        if self.config.get("uid") is not None:
-            flags.append(f"-DTARGET_UID={self.config['uid']}")
+                 f"-DSOCKET_HOOKS={int(features.socket_tracepoints)}",
+                 *process_filter_cflags(self.config)]
         return flags + self.library_cflags()
 
     def programs(self, features: Features) -> list[Program]:

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ecapture.errors import AttachError, ConfigError, DecodeError
-from ecapture.events import Event, comm_str
+from ecapture.errors import AttachError, DecodeError
+from ecapture.events import Event, comm_str, one_line
 from ecapture.modules.base import (
     EventMap,
     Features,
@@ -27,8 +27,11 @@ from ecapture.modules.base import (
     Option,
     Probe,
     Target,
-    non_negative_int,
+    check_path_and_pid,
+    pid_option,
+    process_filter_cflags,
     split_kind,
+    uid_option,
 )
 from ecapture.structs.zsh import EVENT_ZSH_ZLEREAD, ZSH_LINE_MAX, ZSH_ZLEREAD
 from ecapture.targets import build_id, elf_symbols, scan_version
@@ -80,11 +83,8 @@ class ZshLine(Event):
     json_type: ClassVar[str] = "zsh"
 
     def text_line(self) -> str:
-        text = self.line.decode("utf-8", "backslashreplace")
-        # One event, one output line: show control characters escaped, never raw.
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         cut = f"  (cut at {len(self.line)} bytes)" if self.truncated else ""
-        return f"{self.comm} pid {self.pid} uid {self.uid}  % {text}{cut}"
+        return f"{self.comm} pid {self.pid} uid {self.uid}  % {one_line(self.line)}{cut}"
 
     def json_fields(self) -> dict[str, Any]:
         return {"pid": self.pid, "uid": self.uid, "comm": self.comm, "line": self.line,
@@ -125,10 +125,8 @@ class ZshModule(Module):
     options = (
         Option(("--zsh",), "zsh", "the zsh binary, or its zsh/zle.so, to attach to "
                "(default: $SHELL if it is zsh, else zsh on PATH)", metavar="PATH"),
-        Option(("-p", "--pid"), "pid", "capture only this process id",
-               type=non_negative_int, metavar="PID"),
-        Option(("-u", "--uid"), "uid", "capture only this user id",
-               type=non_negative_int, metavar="UID"),
+        pid_option(),
+        uid_option(),
     )
     maps = (EventMap("events", {EVENT_ZSH_ZLEREAD: ZSH_ZLEREAD}),)
 
@@ -139,12 +137,7 @@ class ZshModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        path = self.config.get("zsh")
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"--zsh {path}: no such file")
-        pid = self.config.get("pid")
-        if pid is not None and not os.path.exists(f"/proc/{pid}"):
-            raise ConfigError(f"--pid {pid}: no such process")
+        check_path_and_pid(self.config, "zsh")
 
     def init(self) -> None:
         path = self.config.get("zsh") or default_zsh()
@@ -158,12 +151,7 @@ class ZshModule(Module):
         return [Probe("uretprobe", ZLEREAD, "zsh_zleread_return", self.zle)]
 
     def cflags(self, features: Features) -> list[str]:
-        flags: list[str] = []
-        if self.config.get("pid") is not None:
-            flags.append(f"-DTARGET_PID={self.config['pid']}")
-        if self.config.get("uid") is not None:
-            flags.append(f"-DTARGET_UID={self.config['uid']}")
-        return flags
+        return process_filter_cflags(self.config)
 
     # -- user side -----------------------------------------------------------------
     def decode(self, map_name: str, data: bytes) -> ZshLine:
