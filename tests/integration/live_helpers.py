@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,17 @@ def one_line_error(out: subprocess.CompletedProcess[str], needle: str) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert needle in lines[0]
+
+
+def waiting_shell(argv: list[str]) -> tuple[subprocess.Popen[str], int]:
+    """An interactive shell on a pty (``script``) that has printed its pid and waits for
+    more input on its stdin: a shell that is inside its line editor before a capture
+    starts. The caller writes the rest, closes stdin and waits."""
+    shell = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdin.write("echo SHELLPID=$$\n")
+    shell.stdin.flush()
+    for line in shell.stdout:  # the pty echoes "echo SHELLPID=$$" first: no digits
+        if m := re.search(r"SHELLPID=(\d+)", line):
+            return shell, int(m.group(1))
+    raise AssertionError(f"{argv[0]}: the shell ended before printing its pid")

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from live_helpers import in_process_capture
+from live_helpers import in_process_capture, waiting_shell
 
 from ecapture.live.prereq import has_ringbuf
 from ecapture.modules.bash import BashLine, BashModule
@@ -109,17 +109,8 @@ def test_each_command_ends_with_the_status_the_shell_reports(live_capture) -> No
 
 
 def test_pid_filter_keeps_one_shell(live_capture) -> None:
-    # A shell of ours that waits on its pty until we have its pid.
-    other = subprocess.Popen(SHELL, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert other.stdin is not None and other.stdout is not None
-    other.stdin.write("echo SHELLPID=$$\n")
-    other.stdin.flush()
-    m = None
-    for line in other.stdout:  # the pty echoes "echo SHELLPID=$$" first: no digits
-        if m := re.search(r"SHELLPID=(\d+)", line):
-            break
-    assert m is not None
-    target = int(m.group(1))
+    other, target = waiting_shell(SHELL)
+    assert other.stdin is not None
     cap = live_capture("bash", "--pid", str(target))
     run_shell(["echo not-this-one"])
     # The shell was already inside readline() when the probe attached: a uretprobe only

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from live_helpers import ecap, one_line_error
+from live_helpers import ecap, one_line_error, waiting_shell
 
 from ecapture.live.prereq import has_ringbuf
 from ecapture.modules.zsh import ZshLine
@@ -90,17 +90,8 @@ def test_every_typed_line_in_order(live_capture, buffer: str) -> None:
 
 
 def test_pid_filter_keeps_one_shell(live_capture) -> None:
-    # A shell of ours that waits on its pty until we have its pid.
-    other = subprocess.Popen(SHELL, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert other.stdin is not None and other.stdout is not None
-    other.stdin.write("echo SHELLPID=$$\n")
-    other.stdin.flush()
-    m = None
-    for line in other.stdout:  # the pty echoes "echo SHELLPID=$$" first: no digits
-        if m := re.search(r"SHELLPID=(\d+)", line):
-            break
-    assert m is not None
-    target = int(m.group(1))
+    other, target = waiting_shell(SHELL)
+    assert other.stdin is not None
     cap = live_capture("zsh", "--pid", str(target))
     run_shell(["echo not-this-one"])
     # The shell was already inside zleread() when the probe attached: a uretprobe only
