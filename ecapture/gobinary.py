@@ -15,19 +15,18 @@ Every problem is a GoBinaryError with a one-line message.
 
 from __future__ import annotations
 
-import importlib
 import mmap
 import re
 import struct
 import sys
 from dataclasses import dataclass, field
-from functools import cache
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ecapture.errors import ConfigError
+from ecapture.targets import disassembler
 
 # Go switched function arguments and results to registers in 1.17 on amd64 and 1.18 on arm64.
 # eCapture tests `After(1, 17)`, which is false for 1.17 itself; the change is inclusive.
@@ -543,7 +542,7 @@ def x86_64_rets(code: bytes, address: int, what: str) -> tuple[int, ...]:
     must reach the end: a uprobe placed off an instruction boundary corrupts the target."""
     rets = []
     end = address
-    for at, size, mnemonic, _ in _x86_64().disasm_lite(code, address):
+    for at, size, mnemonic, _ in disassembler("EM_X86_64").disasm_lite(code, address):
         if mnemonic.rsplit(" ", 1)[-1] == "ret":  # also with a prefix: repz ret, bnd ret
             rets.append(at)
         end = at + size
@@ -559,14 +558,6 @@ def arm64_rets(code: bytes, address: int, order: str = "<") -> tuple[int, ...]:
         for i, (word,) in enumerate(struct.iter_unpack(order + "I", code[: len(code) & ~3]))
         if word & _ARM64_RET_MASK == _ARM64_RET or word in (_ARM64_RETAA, _ARM64_RETAB)
     )
-
-
-@cache
-def _x86_64() -> Any:
-    # capstone ships no type information; importing it by name keeps mypy --strict clean
-    # without a per-module override.
-    capstone = importlib.import_module("capstone")
-    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
 def _uvarint(data: mmap.mmap, at: int) -> tuple[int, int]:

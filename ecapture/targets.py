@@ -6,13 +6,15 @@ says what to install or which option to pass.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import struct
 import subprocess
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -207,3 +209,37 @@ def scan_version(path: str, pattern: bytes, chunk: int = 1 << 20) -> str | None:
     except OSError:
         return None
     return None
+
+
+def function_code(path: str, symbol: str, limit: int) -> tuple[bytes, int, str] | None:
+    """The machine code of a dynamic symbol's function (its ``st_size`` bytes, at most
+    ``limit``; ``limit`` when the size is not recorded), its virtual address and the file's
+    machine (``e_machine``: "EM_X86_64", "EM_AARCH64"). None when the file has no such
+    symbol or its address is not in the file. OSError and ELFError go to the caller, who
+    knows what the file was for."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        dynsym = elf.get_section_by_name(".dynsym")
+        found = dynsym.get_symbol_by_name(symbol) if dynsym is not None else None  # type: ignore[attr-defined]
+        if not found:
+            return None
+        address = int(found[0]["st_value"])
+        offsets = list(elf.address_offsets(address))
+        if not offsets:
+            return None
+        f.seek(offsets[0])
+        return f.read(min(int(found[0]["st_size"]) or limit, limit)), address, \
+            str(elf["e_machine"])
+
+
+@cache
+def disassembler(machine: str) -> Any:
+    """A capstone disassembler for an ELF ``e_machine`` ("EM_X86_64", "EM_AARCH64"), for
+    the few instructions a module reads to learn what a binary's symbols do not say."""
+    # capstone ships no type information; importing it by name keeps mypy --strict clean
+    capstone = importlib.import_module("capstone")
+    if machine == "EM_AARCH64":
+        return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    if machine == "EM_X86_64":
+        return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    raise ValueError(f"no disassembler for {machine}")

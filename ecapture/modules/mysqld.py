@@ -21,7 +21,6 @@ THD is read from the machine code of ``thd_get_thread_id()``.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from ecapture.errors import AttachError, DecodeError
 from ecapture.events import Event, Fragment, comm_str, one_line
@@ -59,7 +57,7 @@ from ecapture.structs.mysqld import (
     MYSQLD_MSG_MAX,
     MYSQLD_QUERY,
 )
-from ecapture.targets import build_id, elf_symbols, scan_version
+from ecapture.targets import build_id, disassembler, elf_symbols, function_code, scan_version
 
 DEFAULT_SERVERS = ("/usr/sbin/mariadbd", "/usr/sbin/mysqld")
 #: chunks per payload (kern/mysqld.c MYSQLD_MAX_CHUNKS): longer payloads are cut, and say so
@@ -126,9 +124,7 @@ def thread_id_member(code: bytes, address: int) -> tuple[int, int]:
     """(offset, size) of the member that x86-64 ``thd_get_thread_id(const THD *thd)``
     returns: its body is one load from [rdi + offset] and a ret, after an optional
     endbr64. Raises ValueError for any other code."""
-    cs = importlib.import_module("capstone")  # no type information: imported by name
-    md = cs.Cs(cs.CS_ARCH_X86, cs.CS_MODE_64)
-    insns = [(m, o) for _, _, m, o in md.disasm_lite(code, address)
+    insns = [(m, o) for _, _, m, o in disassembler("EM_X86_64").disasm_lite(code, address)
              if m not in ("endbr64", "nop")][:2]
     if len(insns) == 2 and insns[0][0] == "mov" and insns[1][0] == "ret":
         m = _MEMBER.fullmatch(insns[0][1])
@@ -141,23 +137,13 @@ def thread_id_member(code: bytes, address: int) -> tuple[int, int]:
 def _function_code(path: str, symbol: str, size: int = 32) -> tuple[bytes, int, str]:
     """The first bytes of a dynamic symbol's function, its address and the machine."""
     try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            table = elf.get_section_by_name(".gnu.hash") or elf.get_section_by_name(".dynsym")
-            sym = table.get_symbol(symbol) if table is not None else None  # type: ignore[attr-defined]
-            if isinstance(sym, list):  # a symbol table section answers with a list
-                sym = sym[0] if sym else None
-            if sym is None:
-                raise AttachError(f"{path} has no {symbol}(): cannot tell where THD keeps "
-                                  "the connection id")
-            value = int(sym["st_value"])
-            offsets = list(elf.address_offsets(value))
-            if not offsets:
-                raise AttachError(f"{path}: {symbol} at {value:#x} is not in the file")
-            f.seek(offsets[0])
-            return f.read(size), value, str(elf["e_machine"])
+        found = function_code(path, symbol, size)
     except (OSError, ELFError) as e:
         raise AttachError(f"{path} is not a readable ELF file: {e}") from None
+    if found is None:
+        raise AttachError(f"{path} has no {symbol}(): cannot tell where THD keeps the "
+                          "connection id")
+    return found
 
 
 def inspect_server(path: str) -> Server:

@@ -14,17 +14,14 @@ parse is shown as promptly as one that runs.
 from __future__ import annotations
 
 import glob
-import importlib
 import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from ecapture.errors import AttachError, DecodeError
 from ecapture.events import Event, comm_str, one_line
@@ -57,7 +54,7 @@ from ecapture.structs.postgres import (
     PG_PARSE,
     PG_TEXT_MAX,
 )
-from ecapture.targets import build_id, elf_symbols, scan_version
+from ecapture.targets import build_id, disassembler, elf_symbols, function_code, scan_version
 
 PARSE = "pg_parse_query"
 RUN = "PortalRun"
@@ -197,40 +194,18 @@ def default_server() -> str | None:
     return shutil.which("postgres")
 
 
-@cache
-def _capstone(arch: str) -> Any:
-    # capstone ships no type information; importing it by name keeps mypy --strict clean.
-    capstone = importlib.import_module("capstone")
-    if arch == "x86_64":
-        return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
-
-
 def code_source_text_offset(path: str) -> int | None:
     """PortalData.sourceText's offset as this build's PortalDefineQuery() stores it; None
     when its code cannot be read that way (see postgres_offsets)."""
     try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            arch = {"EM_X86_64": "x86_64", "EM_AARCH64": "arm64"}.get(elf["e_machine"])
-            dynsym = elf.get_section_by_name(".dynsym")
-            if arch is None or dynsym is None:
-                return None
-            symbols = dynsym.get_symbol_by_name(DEFINE)  # type: ignore[attr-defined]
-            if not symbols:
-                return None
-            start, size = symbols[0]["st_value"], min(symbols[0]["st_size"] or 64, 256)
-            for segment in elf.iter_segments("PT_LOAD"):
-                base = segment["p_vaddr"]
-                if base <= start < base + segment["p_filesz"]:
-                    f.seek(segment["p_offset"] + start - base)
-                    code = f.read(size)
-                    break
-            else:
-                return None
+        found = function_code(path, DEFINE, 256)
     except (OSError, ELFError):
         return None
-    insns = [(i[2], i[3]) for i in _capstone(arch).disasm_lite(code, start)]
+    arch = {"EM_X86_64": "x86_64", "EM_AARCH64": "arm64"}.get(found[2]) if found else None
+    if found is None or arch is None:
+        return None
+    code, start, machine = found
+    insns = [(i[2], i[3]) for i in disassembler(machine).disasm_lite(code, start)]
     return source_text_store(insns, arch)
 
 
