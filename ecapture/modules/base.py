@@ -294,6 +294,23 @@ def check_path_and_pid(config: Mapping[str, Any], path_option: str | None) -> No
         raise ConfigError(f"--pid {pid}: no such process")
 
 
+def unpack_event(codec: HeaderCodec, data: bytes, name: str,
+                 tail_max: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """One event's fixed fields by name and its variable tail: the ``<tail>_len`` bytes
+    after the fixed part, at most ``tail_max``. DecodeError, naming the struct, for an event
+    too short for its fixed part or whose length field claims more than is there."""
+    size = codec.size
+    if len(data) < size:
+        raise DecodeError(f"{name} has {len(data)} bytes, needs {size}")
+    fields = dict(zip(codec.names, codec.codec.unpack_from(data), strict=True))
+    if codec.tail is None:
+        return fields, b""
+    n = fields[f"{codec.tail}_len"]
+    if (tail_max is not None and n > tail_max) or size + n > len(data):
+        raise DecodeError(f"{name} claims {n} {codec.tail} bytes, {len(data) - size} present")
+    return fields, data[size:size + n]
+
+
 def split_kind(data: bytes) -> int:
     """The leading __u32 kind of an event."""
     if len(data) < 4:

@@ -37,6 +37,7 @@ from ecapture.modules.base import (
     process_filter_cflags,
     split_kind,
     uid_option,
+    unpack_event,
 )
 from ecapture.structs.bash import (
     BASH_COMMAND_END,
@@ -217,24 +218,13 @@ class BashModule(Module):
             return self._decode_end(data)
         if kind != EVENT_BASH_READLINE:
             raise DecodeError(f"unknown event kind {kind} on map {map_name}")
-        size = self._codec.size
-        if len(data) < size:
-            raise DecodeError(f"bash_readline_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._codec.names, self._codec.codec.unpack_from(data), strict=True))
-        end = size + f["line_len"]
-        if f["line_len"] >= BASH_LINE_MAX or end > len(data):
-            raise DecodeError(f"bash_readline_event_t claims {f['line_len']} line bytes, "
-                              f"{len(data) - size} present")
+        f, line = unpack_event(self._codec, data, "bash_readline_event_t", BASH_LINE_MAX - 1)
         return BashLine(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],
-                        uid=f["uid"], comm=comm_str(f["comm"]), line=data[size:end],
+                        uid=f["uid"], comm=comm_str(f["comm"]), line=line,
                         truncated=bool(f["truncated"]))
 
     def _decode_end(self, data: bytes) -> CommandEnd:
-        size = self._end_codec.size
-        if len(data) < size:
-            raise DecodeError(f"bash_command_end_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._end_codec.names, self._end_codec.codec.unpack_from(data),
-                     strict=True))
+        f, _ = unpack_event(self._end_codec, data, "bash_command_end_event_t")
         ended = ENDED.get(f["how"])
         if ended is None or f["lines"] == 0:
             raise DecodeError(f"bash_command_end_event_t with how={f['how']}, "
@@ -255,6 +245,8 @@ class BashModule(Module):
         else:
             _insert(shell.ends, decoded)
         yield from self._join(shell, waiting=1)
+        if not shell.lines and not shell.ends:
+            del self._shells[decoded.pid]  # nothing held: a host's many shells cost nothing
 
     def _join(self, shell: _Shell, waiting: int) -> Iterator[BashLine]:
         """Join each end with the lines it counts, oldest first. An end whose lines have not

@@ -45,6 +45,7 @@ from ecapture.modules.base import (
     process_filter_cflags,
     split_kind,
     uid_option,
+    unpack_event,
 )
 from ecapture.parsers import mysql_binary as mb
 from ecapture.structs.mysqld import (
@@ -408,28 +409,13 @@ class MysqldModule(Module):
         raise DecodeError(f"unknown event kind {kind} on map {map_name}")
 
     def _decode_chunk(self, data: bytes) -> _Chunk:
-        size = self._query.size
-        if len(data) < size:
-            raise DecodeError(f"mysqld_query_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._query.names, self._query.codec.unpack_from(data), strict=True))
-        end = size + f["data_len"]
-        if f["data_len"] > MYSQLD_CHUNK_SIZE or end > len(data):
-            raise DecodeError(f"mysqld_query_event_t claims {f['data_len']} data bytes, "
-                              f"{len(data) - size} present")
+        f, chunk = unpack_event(self._query, data, "mysqld_query_event_t", MYSQLD_CHUNK_SIZE)
         return _Chunk((f["pid"], f["tid"], f["start_ns"]), f["uid"], f["conn"], f["command"],
-                      f["total_len"], f["offset"], data[size:end], f["abi"],
-                      comm_str(f["comm"]))
+                      f["total_len"], f["offset"], chunk, f["abi"], comm_str(f["comm"]))
 
     def _decode_done(self, data: bytes) -> _Done:
-        size = self._done.size
-        if len(data) < size:
-            raise DecodeError(f"mysqld_done_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._done.names, self._done.codec.unpack_from(data), strict=True))
-        end = size + f["msg_len"]
-        if f["msg_len"] > MYSQLD_MSG_MAX or end > len(data):
-            raise DecodeError(f"mysqld_done_event_t claims {f['msg_len']} message bytes, "
-                              f"{len(data) - size} present")
-        return _Done((f["pid"], f["tid"], f["start_ns"]), f, data[size:end])
+        f, msg = unpack_event(self._done, data, "mysqld_done_event_t", MYSQLD_MSG_MAX)
+        return _Done((f["pid"], f["tid"], f["start_ns"]), f, msg)
 
     # -- user side: joining ------------------------------------------------------------
     def dispatch(self, decoded: Decoded) -> Iterator[Event]:

@@ -37,6 +37,7 @@ from ecapture.modules.base import (
     pid_option,
     split_kind,
     uid_option,
+    unpack_event,
 )
 from ecapture.modules.postgres_offsets import (
     SOURCE_TEXT_OFFSET,
@@ -319,14 +320,7 @@ class PostgresModule(Module):
             codec, what = self._execute, "pg_execute_event_t"
         else:
             raise DecodeError(f"unknown event kind {kind} on map {map_name}")
-        size = codec.size
-        if len(data) < size:
-            raise DecodeError(f"{what} has {len(data)} bytes, needs {size}")
-        f = dict(zip(codec.names, codec.codec.unpack_from(data), strict=True))
-        end = size + f["text_len"]
-        if f["text_len"] >= PG_TEXT_MAX or end > len(data):
-            raise DecodeError(f"{what} claims {f['text_len']} text bytes, "
-                              f"{len(data) - size} present")
+        f, text = unpack_event(codec, data, what, PG_TEXT_MAX - 1)
         if kind == EVENT_PG_PARSE:
             action = "nested" if f["nested"] else ACTIONS.get(f["msg_type"], "statement")
             statement = portal = ""
@@ -335,19 +329,12 @@ class PostgresModule(Module):
             statement, portal = comm_str(f["statement"]), comm_str(f["portal"])
         return PgStatement(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],
                            uid=f["uid"], comm=comm_str(f["comm"]), action=action,
-                           statement=statement, portal=portal, query=data[size:end],
+                           statement=statement, portal=portal, query=text,
                            truncated=bool(f["truncated"]))
 
     def _decode_error(self, data: bytes) -> PgError:
-        size = self._error.size
-        if len(data) < size:
-            raise DecodeError(f"pg_error_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._error.names, self._error.codec.unpack_from(data), strict=True))
-        end = size + f["body_len"]
-        if f["body_len"] > PG_ERROR_MAX or end > len(data):
-            raise DecodeError(f"pg_error_event_t claims {f['body_len']} body bytes, "
-                              f"{len(data) - size} present")
-        fields = error_fields(data[size:end])
+        f, body = unpack_event(self._error, data, "pg_error_event_t", PG_ERROR_MAX)
+        fields = error_fields(body)
         position = fields.get("P", "")
         # 'V' (9.6+) is never translated; 'S' is in the server's lc_messages
         return PgError(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],

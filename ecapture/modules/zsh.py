@@ -32,6 +32,7 @@ from ecapture.modules.base import (
     process_filter_cflags,
     split_kind,
     uid_option,
+    unpack_event,
 )
 from ecapture.structs.zsh import EVENT_ZSH_ZLEREAD, ZSH_LINE_MAX, ZSH_ZLEREAD
 from ecapture.targets import build_id, elf_symbols, scan_version
@@ -158,15 +159,8 @@ class ZshModule(Module):
         kind = split_kind(data)
         if kind != EVENT_ZSH_ZLEREAD:
             raise DecodeError(f"unknown event kind {kind} on map {map_name}")
-        size = self._codec.size
-        if len(data) < size:
-            raise DecodeError(f"zsh_zleread_event_t has {len(data)} bytes, needs {size}")
-        f = dict(zip(self._codec.names, self._codec.codec.unpack_from(data), strict=True))
-        end = size + f["line_len"]
-        if f["line_len"] >= ZSH_LINE_MAX or end > len(data):
-            raise DecodeError(f"zsh_zleread_event_t claims {f['line_len']} line bytes, "
-                              f"{len(data) - size} present")
+        f, raw = unpack_event(self._codec, data, "zsh_zleread_event_t", ZSH_LINE_MAX - 1)
         truncated = bool(f["truncated"])
         return ZshLine(timestamp_ns=f["timestamp_ns"], pid=f["pid"], tid=f["pid"],
                        uid=f["uid"], comm=comm_str(f["comm"]),
-                       line=typed_line(data[size:end], truncated), truncated=truncated)
+                       line=typed_line(raw, truncated), truncated=truncated)
