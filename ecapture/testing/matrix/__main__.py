@@ -10,7 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ecapture.testing.matrix import guest, kernels, suite, table
+from ecapture.testing.matrix import guest, kernel_log, kernels, suite, table
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_KERNELS = "5.10,6.1,6.12,7"
@@ -26,7 +26,8 @@ def _suite_args(args: argparse.Namespace) -> list[str]:
 def cmd_suite(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = suite.run(out, args.label or kernels_label(), Path(args.root),
-                       tuple(args.suite or suite.DEFAULT_SUITE), tuple(args.pytest_args))
+                       tuple(args.suite or suite.DEFAULT_SUITE), tuple(args.pytest_args),
+                       kernel_log_since=args.kernel_log_since)
     print(table.render([result]), end="")
     return 0 if table.status(result) == "pass" else 1
 
@@ -54,14 +55,21 @@ def _guest_row(k: kernels.Kernel, out: Path, args: argparse.Namespace) -> Path:
     d = out / k.release
     d.mkdir(parents=True, exist_ok=True)
     (d / "result.json").unlink(missing_ok=True)
+    # A guest boots for this row alone, so its whole log, boot included, is the row's.
     inner = [sys.executable, "-m", "ecapture.testing.matrix", "suite", "--out", str(d),
-             "--label", k.release, "--root", str(ROOT), *_suite_args(args)]
+             "--label", k.release, "--root", str(ROOT), "--kernel-log-since", "boot",
+             *_suite_args(args)]
     rc = guest.run(k, guest_script(d, inner), [out], d / "console.log", timeout=args.timeout)
     if not (d / "result.json").exists():  # the guest never got as far as writing it
         why = ("guest did not boot (vng exit 255, twice)" if rc == guest.GUEST_FAILED
                else f"guest command exited {rc} without results")
+        # An oops or panic raises the console's log level, so what killed the guest is
+        # in its console log even when the suite never wrote one of its own.
+        console = (d / "console.log").read_text(errors="replace")
         (d / "result.json").write_text(json.dumps(
-            {"label": k.release, "error": f"{why}; see {d / 'console.log'}", "tests": []}))
+            {"label": k.release, "error": f"{why}; see {d / 'console.log'}", "tests": [],
+             "kernel_log": {"file": "console.log", "since": "boot", "lost": 0,
+                            **kernel_log.scan(console).to_json()}}))
     print(f"matrix: {k.release} done (exit {rc})", file=sys.stderr, flush=True)
     return d
 
@@ -139,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--label")
     s.add_argument("--root", default=str(ROOT), help="the source tree holding the tests")
+    s.add_argument("--kernel-log-since", choices=("start", "boot"), default="start",
+                   help="kernel log to check: since the suite started (default), or since "
+                        "boot (a machine booted for this run alone)")
     common(s)
     s.set_defaults(func=cmd_suite)
 

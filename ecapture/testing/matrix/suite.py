@@ -6,7 +6,11 @@ row of the matrix table comes from the same code. Writes into ``out``:
 - ``junit.xml``: pytest's own, every test case with its ``ecapture_module`` property;
 - ``sessions.jsonl``: one line per live session the tests started (ECAPTURE_SESSION_LOG),
   which says which buffer and which hooks really ran;
-- ``result.json``: the kernel, its features, the paths that ran and each test's outcome.
+- ``kernel.log``: what the kernel logged during the run, one ``<priority>[seconds]
+  message`` line per record (in a fresh guest, everything since boot; elsewhere, since the
+  suite started);
+- ``result.json``: the kernel, its features, the paths that ran, each test's outcome and
+  the splats found in ``kernel.log``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from ecapture.testing.matrix import kernel_log
 
 DEFAULT_SUITE = ("tests/integration",)
 
@@ -66,11 +73,41 @@ def read_sessions(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def kernel_log_mark(since: Literal["boot", "start"]) -> int | str:
+    """Where this run's kernel log begins: a /dev/kmsg sequence number, or why the log
+    cannot be read."""
+    if since == "boot":
+        return -1
+    try:
+        return kernel_log.mark()
+    except OSError as e:
+        return f"cannot read {kernel_log.KMSG}: {e.strerror or e}"
+
+
+def collect_kernel_log(out: Path, start: int | str, since: str,
+                       read: Callable[[int], tuple[str, int]] = kernel_log.read_since,
+                       ) -> dict[str, Any]:
+    """Save the run's kernel log as ``kernel.log`` and say what splats it holds. ``read``
+    is :func:`kernel_log.read_since`; tests hand in a recorded log instead."""
+    if isinstance(start, str):
+        return {"error": start}
+    try:
+        text, lost = read(start)
+    except OSError as e:
+        return {"error": f"cannot read {kernel_log.KMSG}: {e.strerror or e}"}
+    (out / "kernel.log").write_text(text)
+    return {"file": "kernel.log", "since": since, "lost": lost,
+            **kernel_log.scan(text).to_json()}
+
+
 def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUITE,
-        pytest_args: tuple[str, ...] = (), python: str = sys.executable) -> dict[str, Any]:
+        pytest_args: tuple[str, ...] = (), python: str = sys.executable,
+        kernel_log_since: Literal["boot", "start"] = "start") -> dict[str, Any]:
+    """Run the suite and write the result files. ``kernel_log_since="boot"`` in a guest
+    booted for this run alone: its whole log is this run's, boot included."""
     out.mkdir(parents=True, exist_ok=True)
     junit, sessions = out / "junit.xml", out / "sessions.jsonl"
-    for stale in (junit, sessions):
+    for stale in (junit, sessions, out / "kernel.log"):
         stale.unlink(missing_ok=True)
     env = {**os.environ, "ECAPTURE_SESSION_LOG": str(sessions),
            "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH"))
@@ -90,6 +127,7 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
     # -p no:cacheprovider: a guest sees the source tree read-only.
     cmd = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
            f"--junitxml={junit}", "-o", "junit_suite_name=" + label, *suite, *pytest_args]
+    log_start = kernel_log_mark(kernel_log_since)
     started = time.monotonic()
     with open(out / "pytest.log", "wb") as log:
         rc = subprocess.run(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -99,6 +137,7 @@ def run(out: Path, label: str, root: Path, suite: tuple[str, ...] = DEFAULT_SUIT
         "seconds": round(time.monotonic() - started, 1),
         "sessions": read_sessions(sessions),
         "tests": parse_junit(junit) if junit.exists() else [],
+        "kernel_log": collect_kernel_log(out, log_start, kernel_log_since),
     }
     if not junit.exists():
         result["error"] = f"pytest exited {rc} without a junit report (see pytest.log)"

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ecapture.testing.matrix import kernel_log
+
 
 def load(dirs: Iterable[Path]) -> list[dict[str, Any]]:
     results = []
@@ -55,17 +57,36 @@ def paths(result: dict[str, Any]) -> tuple[str, str, str]:
             "+".join(r for r in ("user", "combined") if r in reads) or "-")
 
 
+def log_cell(result: dict[str, Any]) -> str:
+    """The kernel log of one run: 'clean', 'WARN 2, RCU stall 1', 'unread: why', or '-'
+    for a result written before the log was read."""
+    log = result.get("kernel_log")
+    if not log:
+        return "-"
+    if log.get("error"):
+        return f"unread: {log['error']}"
+    text = kernel_log.describe(log.get("counts", {}))
+    return text + (f" ({log['lost']} records lost)" if log.get("lost") else "")
+
+
+def splats(result: dict[str, Any]) -> dict[str, int]:
+    return dict((result.get("kernel_log") or {}).get("counts") or {})
+
+
 def status(result: dict[str, Any]) -> str:
+    """ERROR when the run never got going; FAIL when a test failed or the kernel logged a
+    splat, however the tests went; else pass."""
     if result.get("error"):
         return "ERROR"
     bad = [t for t in result["tests"] if t["outcome"] in ("failed", "error")]
-    return "FAIL" if bad or result.get("pytest_rc", 0) not in (0, 5) else "pass"
+    failed = bad or result.get("pytest_rc", 0) not in (0, 5) or splats(result)
+    return "FAIL" if failed else "pass"
 
 
 def render(results: list[dict[str, Any]]) -> str:
     modules = sorted({t["module"] for r in results for t in r.get("tests", [])})
     head = ["kernel", "ringbuf?", "kprobes?", "buffers used", "hooks used", "reads used",
-            *modules, "time", "result"]
+            *modules, "kernel log", "time", "result"]
     rows = [head, ["---"] * len(head)]
     for r in results:
         f = r.get("features", {})
@@ -73,9 +94,24 @@ def render(results: list[dict[str, Any]]) -> str:
         row = [r["label"], _yes(f.get("ringbuf")), _yes(f.get("kprobes")), buffers, hooks, reads]
         for m in modules:
             row.append(cell([t for t in r.get("tests", []) if t["module"] == m]))
-        row += [f"{r.get('seconds', 0):.0f} s", r.get("error") or status(r)]
+        row += [log_cell(r), f"{r.get('seconds', 0):.0f} s", r.get("error") or status(r)]
         rows.append(row)
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n" + splat_notes(results)
+
+
+def splat_notes(results: list[dict[str, Any]]) -> str:
+    """Below the table, for each kernel whose log has splats, the first line of each kind
+    (the whole log is kernel.log in that kernel's result directory)."""
+    lines = []
+    for r in results:
+        first = (r.get("kernel_log") or {}).get("first") or {}
+        for kind, n in splats(r).items():
+            line = first.get(kind, "").replace("`", "'")
+            lines.append(f"- {r['label']}: {kind} {n}, first: `{line}`")
+    if not lines:
+        return ""
+    return "\nKernel log splats (first line of each kind; the whole log is kernel.log " \
+           "beside the kernel's result.json):\n\n" + "\n".join(lines) + "\n"
 
 
 def _yes(value: Any) -> str:
