@@ -25,7 +25,14 @@ from ecapture.pipeline import Binding, Pipeline, bind, bind_from_metadata, reord
 from ecapture.sources import CaptureStats, RecordingSource, human_bytes, run, summary_lines
 from ecapture.streams import Conversations
 
-DAMAGED = 3  # exit status: the recording was truncated or had corrupt records
+# Exit status of replay and info: the recording was not closed cleanly (the capture was
+# killed or crashed, whether or not a record was cut) or had damaged records. Everything
+# readable was still shown; the status is for scripts, the line on stderr for people.
+DAMAGED = 3
+EXIT_STATUS = (f"exit status: 0 if the recording was closed cleanly; {DAMAGED} if it was not "
+               "(the capture was killed or crashed) or has damaged records, after showing all "
+               "it holds and saying so on stderr; 1 if it cannot be read at all; 2 for a "
+               "usage error")
 DEMO = "tls/curl_http11.ecap"
 STATUS_EVERY_S = 0.5
 
@@ -138,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="replay a recording through the same decoders and outputs",
                        description="Replay a recording offline: no root, no bcc needed. "
-                                   "Without FILE, replays the shipped demo recording.")
+                                   "Without FILE, replays the shipped demo recording.",
+                       epilog=EXIT_STATUS)
     p.add_argument("file", nargs="?", metavar="FILE")
     _add_output_options(p, MODELS, None)
     p.add_argument("-p", "--pid", type=int, help="only events of this process id")
@@ -156,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     p.set_defaults(run=_run_replay)
 
-    p = sub.add_parser("info", help="print a recording's metadata and counts")
+    p = sub.add_parser("info", help="print a recording's metadata and counts",
+                       epilog=EXIT_STATUS)
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=_run_info)
     return parser
@@ -376,6 +385,7 @@ def _dump_ebpf(session: Any) -> int:
 # -- offline -----------------------------------------------------------------------------
 
 def _run_replay(args: argparse.Namespace) -> int:
+    from ecapture.record.info import replay_notice
     from ecapture.record.reader import Reader
 
     if args.follow_fd is not None:
@@ -394,18 +404,15 @@ def _run_replay(args: argparse.Namespace) -> int:
         source = RecordingSource(reader)
         run(source, pipeline)
         pipeline.close()
-    status = reader.status
-    damaged = bool(status.truncated or status.corrupt_frames)
-    if status.corrupt_frames:
-        _say(f"warning: {path}: skipped {status.corrupt_frames} corrupt records")
-    if status.truncated:
-        _say(f"warning: {path} is truncated: the last {status.truncated_bytes} bytes "
-             "were an incomplete record; everything before them was replayed")
     if args.stats:
         _summary(source.stats, time.monotonic() - started, output)
-    # Everything readable was replayed; a non-zero status still tells scripts the file is
-    # damaged (a capture killed with -9 ends like this).
-    return DAMAGED if damaged else 0
+    # Last, after everything readable was replayed: one line, whether a kill -9 fell
+    # between two records or cut one, so that neither looks like a complete capture.
+    notice = replay_notice(str(path), reader.status)
+    if notice is None:
+        return 0
+    _say(notice)
+    return DAMAGED
 
 
 def _run_output(args: argparse.Namespace) -> int:
@@ -441,4 +448,4 @@ def _run_info(args: argparse.Namespace) -> int:
 
     info = summarize(args.file)
     print(format_info(info).rstrip("\n"))
-    return 0 if info.status.clean_end and not info.status.corrupt_frames else DAMAGED
+    return DAMAGED if info.status.damaged else 0

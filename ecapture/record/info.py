@@ -1,4 +1,5 @@
-"""What a recording holds: `ecapture info FILE`.
+"""What a recording holds: `ecapture info FILE`, and the words for one that was not closed
+cleanly, which `ecapture replay` says too.
 
 Layer rule: streams the file through Reader and counts; no decoding of payloads.
 :func:`summarize` gathers facts, :func:`format_info` turns them into lines; metadata keys
@@ -15,6 +16,11 @@ from typing import Any
 
 from ecapture.record import Lost, Record
 from ecapture.record.reader import Reader, ReadStatus
+
+# Only a clean close writes the END frame, so a file without one was left by a writer that
+# never got there. Said in the user's words, not the format's: the same in info and replay.
+UNCLEAN = "not closed cleanly"
+UNCLEAN_WHY = "the capture was killed or crashed"
 
 
 @dataclass
@@ -166,7 +172,7 @@ def _end(info: Info) -> str:
     end = summary.get("end_monotonic_ns")
     if isinstance(end, int):
         return _iso(info.wall_ns(end))
-    return f"? (no end marker; last record at {_iso(info.wall_ns(info.last_ns))})"
+    return f"? ({UNCLEAN}; last record at {_iso(info.wall_ns(info.last_ns))})"
 
 
 def _duration(first: int | None, last: int | None) -> str:
@@ -178,6 +184,39 @@ def _duration(first: int | None, last: int | None) -> str:
 def _ending(st: ReadStatus) -> str:
     if st.clean_end:
         return "clean"
+    said = [f"{_count(st.records, 'record')} read"]
     if st.truncated:
-        return f"truncated ({st.truncated_bytes} bytes discarded)"
-    return "no end marker"
+        said.append(f"{_cut(st)}, ignored")
+    return f"{UNCLEAN}: {UNCLEAN_WHY} ({'; '.join(said)})"
+
+
+def replay_notice(name: str, st: ReadStatus) -> str | None:
+    """The one line that replay says, once every record is out, about a recording that a
+    clean close did not leave (see ReadStatus.damaged); None for one that it did.
+
+    Everything readable has been replayed by then, so the line says that, and how much
+    was not readable: scripts get the exit status, people get the reason."""
+    if not st.damaged:
+        return None
+    what = []
+    if not st.clean_end:
+        what.append(f"was {UNCLEAN} ({UNCLEAN_WHY})")
+    if st.corrupt_frames:
+        what.append("is damaged")
+    said = [f"{_count(st.records, 'record')} read, all replayed"]
+    if st.corrupt_frames:
+        said.append(f"{_count(st.skipped_bytes, 'unreadable byte')} in "
+                    f"{_count(st.corrupt_frames, 'place')} skipped")
+    if st.truncated:
+        said.append(_cut(st))
+    return f"{name} {' and '.join(what)}: {'; '.join(said)}"
+
+
+def _cut(st: ReadStatus) -> str:
+    """The incomplete record at the end of a file whose writer stopped in mid-write."""
+    last = "byte was" if st.truncated_bytes == 1 else f"{st.truncated_bytes:,} bytes were"
+    return f"the last {last} an incomplete record"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -63,11 +63,18 @@ class ReadStatus:
     """How the frames so far ended and what was skipped; final once iteration is done."""
 
     clean_end: bool = False  # an END frame was read
+    records: int = 0  # complete records handed on (events, lost counts and facts)
     truncated: bool = False  # the file ends inside a frame (a cut write)
     truncated_bytes: int = 0  # length of that partial frame
     corrupt_frames: int = 0  # damaged stretches skipped (each counted once)
     skipped_bytes: int = 0  # bytes skipped as damaged, including anything after END
     summary: dict[str, Any] | None = None  # the END frame's JSON
+
+    @property
+    def damaged(self) -> bool:
+        """Whether the file is not what a clean close leaves: no END frame (the writer was
+        killed, crashed, or is still writing; a cut frame implies this), or damage skipped."""
+        return not self.clean_end or bool(self.corrupt_frames)
 
 
 class _Window:
@@ -247,8 +254,12 @@ class Reader:
 
     def _batches(self) -> Iterator[list[Item]]:
         w = _Window(self._file, self._data_start)
+        st = self.status
         try:
-            yield from self._frames(w)
+            # Counted here, once per batch, so that the hot path stays as it is.
+            for batch in self._frames(w):
+                st.records += len(batch)
+                yield batch
         except OSError as e:
             raise self._fail(f"read error: {e.strerror or e}") from e
         self.bytes_read = w.end

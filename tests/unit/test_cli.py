@@ -50,14 +50,17 @@ def test_truncated_recording_replays_what_it_has(tmp_path: Path) -> None:
     cut.write_bytes(data[: len(data) * 2 // 3])
     out = run("replay", "--raw", str(cut))
     assert out.returncode == DAMAGED
-    assert "truncated" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert f"{cut} was not closed cleanly (the capture was killed or crashed): " in out.stderr
+    assert "bytes were an incomplete record" in out.stderr
     full = run("replay", "--raw", str(DEMO)).stdout
     assert out.stdout and full.startswith(out.stdout)  # every complete record, nothing else
     parsed = run("replay", str(cut))
     assert parsed.returncode == DAMAGED and "> GET / HTTP/1.1" in parsed.stdout
     info = run("info", str(cut))
     assert info.returncode == DAMAGED
-    assert "truncated" in info.stdout
+    assert "ending:         not closed cleanly: the capture was killed or crashed (" \
+        in info.stdout
 
 
 def test_info_of_a_clean_recording() -> None:

@@ -113,6 +113,7 @@ def test_round_trip(items: list[Item]) -> None:
     assert list(r) == items
     assert r.status == reader_mod.ReadStatus(
         clean_end=True,
+        records=len(items),
         summary={
             "events": _counts(items, Record),
             "bytes": {k: v for k, v in _bytes(items).items()},
@@ -158,6 +159,8 @@ def check_cut(items: Sequence[Item], data: bytes, cut: int) -> None:
     got, status = read(data[:cut])
     whole = sum(1 for e in ends[1:] if e <= cut)
     assert got == list(items[:whole])
+    assert status.records == whole
+    assert status.damaged == (cut != len(data))
     assert status.corrupt_frames == 0
     assert status.skipped_bytes == 0
     boundary = max(e for e in ends if e <= cut)
@@ -391,6 +394,7 @@ def test_format_v1_fixture_readable() -> None:
     ]
     assert r.status == reader_mod.ReadStatus(
         clean_end=True,
+        records=5,
         summary={"events": {"0": 3, "1": 1}, "lost": {"0": 7}, "end_monotonic_ns": 1_004_000_000},
     )
 

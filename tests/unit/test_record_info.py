@@ -72,8 +72,13 @@ def test_truncated(tmp_path: Path) -> None:
     assert info.status.truncated
     end_frame = 28 + len(b'{"events": {"0": 3}, "lost": {"1": 4}, "end_monotonic_ns": ')
     assert info.status.truncated_bytes > end_frame - 5
-    assert f"truncated ({info.status.truncated_bytes} bytes discarded)" in format_info(info)
     assert info.events == 3
+    assert info.status.records == 4  # three events and the lost count
+    text = format_info(info)
+    assert text.splitlines()[-1] == (
+        "ending:         not closed cleanly: the capture was killed or crashed (4 records "
+        f"read; the last {info.status.truncated_bytes} bytes were an incomplete record, ignored)")
+    assert "end:            ? (not closed cleanly; last record at " in text
 
 
 def test_no_end_marker(tmp_path: Path) -> None:
@@ -82,7 +87,10 @@ def test_no_end_marker(tmp_path: Path) -> None:
         w.write(Record(0, 0, 0, b""))
         w.abort()
     text = format_info(summarize(path))
-    assert "no end marker" in text
+    assert text.splitlines()[-1] == (
+        "ending:         not closed cleanly: the capture was killed or crashed (1 record read)")
+    assert "end:            ? (not closed cleanly; last record at ?)" in text
+    assert "end marker" not in text  # the format's word, not the user's
     assert "start:          ?" in text  # no clock offset in the metadata
 
 
