@@ -153,12 +153,18 @@ class Fragment:
 
 # -- the TLS family's events ------------------------------------------------------------
 
-def _endpoint(addr: str, port: int) -> str:
+def _endpoint(addr: str, port: int) -> str | None:
+    """"ADDR:PORT" ("[ADDR]:PORT" for IPv6); None when the address is not known."""
     if addr == "?":
-        return "?"
+        return None
     if ":" in addr:
         return f"[{addr}]:{port}"
     return f"{addr}:{port}"
+
+
+def shown(endpoint: str | None) -> str:
+    """An endpoint in the text model: "?" where the json model says null."""
+    return "?" if endpoint is None else endpoint
 
 
 def endpoints(conn: Conn | None) -> dict[str, Any]:
@@ -206,21 +212,21 @@ class Conn(Event):
         return self
 
     @property
-    def local(self) -> str:
+    def local(self) -> str | None:
         return _endpoint(self.laddr, self.lport)
 
     @property
-    def remote(self) -> str:
+    def remote(self) -> str | None:
         return _endpoint(self.raddr, self.rport)
 
     def text_line(self) -> str:
         who = f"{self.comm} pid {self.pid} fd {self.fd}"
         if self.kind == "close":
             return f"{who}  CLOSE"
+        local, remote = shown(self.local), shown(self.remote)
         if self.kind == "proc":
-            return f"{who}  SOCKET  {self.local} -> {self.remote} (from /proc)"
-        arrow = f"{self.local} -> {self.remote}" if self.kind == "connect" else \
-            f"{self.remote} -> {self.local}"
+            return f"{who}  SOCKET  {local} -> {remote} (from /proc)"
+        arrow = f"{local} -> {remote}" if self.kind == "connect" else f"{remote} -> {local}"
         return f"{who}  {self.kind.upper()}  {arrow}"
 
     def json_fields(self) -> dict[str, Any]:
@@ -288,7 +294,7 @@ class TlsData(OnConnection, Event):
         what comes after the size."""
         conn = self.conn
         if conn is not None:
-            src, dst = conn.local, conn.remote
+            src, dst = shown(conn.local), shown(conn.remote)
             if self.direction == "read":
                 src, dst = dst, src
             tuple_ = f"{src} -> {dst}"

@@ -7,15 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ecapture.events import Conn, Event, OnConnection, endpoints
+from ecapture.events import Conn, Event, OnConnection, endpoints, shown
 from ecapture.parsers.messages import Http2Frame, HttpRequest, HttpResponse, ProtocolError, Side
 from ecapture.render import Style, json_bytes
 
 
-def client_server(conn: Conn | None, role: str) -> tuple[str, str]:
-    """The connection's client and server endpoints, whichever side we traced."""
+def client_server(conn: Conn | None, role: str) -> tuple[str | None, str | None]:
+    """The connection's client and server endpoints, whichever side we traced; None where
+    unknown."""
     if conn is None or conn.kind == "close":
-        return "?", "?"
+        return None, None
     if conn.kind == "connect" or (conn.kind == "proc" and role == "client"):
         return conn.local, conn.remote
     return conn.remote, conn.local
@@ -85,8 +86,8 @@ class HttpExchange(OnConnection, Event):
             f"HTTP/{msg.http_version if msg else '?'}"
         stream = f" stream {self.stream_id}" if self.stream_id is not None else ""
         latency = f"  {self.latency_ns / 1e6:.3f} ms" if self.latency_ns is not None else ""
-        lines = [f"=== {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid}  {client} "
-                 f"-> {server}  {version}{stream}{latency}  ({self.role} side)"]
+        lines = [f"=== {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid}  "
+                 f"{shown(client)} -> {shown(server)}  {version}{stream}{latency}  ({self.role} side)"]
         if self.request is not None:
             lines += _message_lines(">", self.request, style)
         else:

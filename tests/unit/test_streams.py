@@ -144,6 +144,27 @@ def test_json_lines_have_the_documented_fields() -> None:
         assert o["time"].startswith("1970-01-01T00:00:00")
 
 
+def test_unknown_endpoints_are_null_in_json_and_question_marks_in_text() -> None:
+    """docs/json.md: an endpoint is null when unknown, never the text model's "?"."""
+    from ecapture.render import Style
+
+    unknown = replace(conn(kind="accept"), family=0, laddr="?", lport=0, raddr="?", rport=0)
+    out = run([unknown, data("read", REQ, 2, unknown), data("write", RESP, 3, unknown),
+               data("write", b"\xff\xfe", 4, None, ssl=0xC)])
+    buf = io.StringIO()
+    sink = JsonOutput(buf, 0, tz=dt.UTC)
+    for ev in out:
+        sink.write(ev)
+    objs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert [o["type"] for o in objs] == ["conn", "http", "data"]
+    assert (objs[0]["local"], objs[0]["remote"]) == (None, None)
+    assert (objs[1]["client"], objs[1]["server"]) == (None, None)
+    assert (objs[2]["local"], objs[2]["remote"]) == (None, None)
+    style = Style()
+    assert "? -> ?" in out[0].text_line()  # type: ignore[attr-defined]
+    assert "pid 10  ? -> ?  HTTP/1.1" in out[1].text(style)  # type: ignore[attr-defined]
+
+
 def test_idle_undecided_conversation_is_flushed_raw() -> None:
     from ecapture.streams import IDLE_NS
 
