@@ -87,7 +87,8 @@ class HttpExchange(OnConnection, Event):
         stream = f" stream {self.stream_id}" if self.stream_id is not None else ""
         latency = f"  {self.latency_ns / 1e6:.3f} ms" if self.latency_ns is not None else ""
         lines = [f"=== {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid}  "
-                 f"{shown(client)} -> {shown(server)}  {version}{stream}{latency}  ({self.role} side)"]
+                 f"{shown(client)} -> {shown(server)}  {version}{stream}{latency}  "
+                 f"({self.role} side)"]
         if self.request is not None:
             lines += _message_lines(">", self.request, style)
         else:

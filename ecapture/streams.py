@@ -15,7 +15,7 @@ from typing import Literal
 
 from ecapture.events import Conn, Event, TlsData
 from ecapture.exchanges import FrameNotice, HttpExchange, ProtocolNotice
-from ecapture.parsers.detect import detect
+from ecapture.parsers.detect import detect, may_open_http2_server
 from ecapture.parsers.http1 import Http1Parser
 from ecapture.parsers.http2 import Http2Parser
 from ecapture.parsers.messages import (
@@ -208,6 +208,8 @@ class Conversations:
                     return str(verdict)
                 if verdict is None:
                     return "raw"
+            elif _not_http(by_dir.get("read" if client_dir == "write" else "write", b"")):
+                return "raw"  # a server that speaks first, and not HTTP/2's SETTINGS
         else:
             for direction, data in by_dir.items():
                 verdict = detect(data)
@@ -216,7 +218,10 @@ class Conversations:
                     writes_are_client = (direction == "write") == sender_is_client
                     conv.role = "client" if writes_are_client else "server"
                     return str(verdict)
-            if len(by_dir) == 2 and all(detect(d) is None for d in by_dir.values()):
+            # Which side is the client is unknown (a connection older than the capture):
+            # bytes that are neither HTTP/1 nor an HTTP/2 server's opening SETTINGS are
+            # raw at once, rather than held until the other side speaks or time runs out.
+            if any(_not_http(d) for d in by_dir.values()):
                 conv.role = "client"
                 return "raw"
         if len(conv.held) >= DETECT_MAX_EVENTS:
@@ -298,6 +303,11 @@ class Conversations:
         return TlsData(raw.ts_ns, t.pid, t.tid, t.uid, t.comm, t.fd, t.version,
                        "write" if sent_by_us else "read", t.func, t.conn_id, raw.data,
                        len(raw.data), t.conn)
+
+
+def _not_http(data: bytes) -> bool:
+    """Bytes from either side that no HTTP parser can start on, whatever comes next."""
+    return bool(data) and detect(data) is None and not may_open_http2_server(data)
 
 
 def _other(side: Side | None) -> Side:

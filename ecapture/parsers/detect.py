@@ -51,3 +51,21 @@ def detect(data: bytes) -> Detected:
     if len(rest) == 1:
         return "need_more" if len(head) < MAX_SNIFF else None
     return "http1" if 0x21 <= rest[1] <= 0x7E else None
+
+
+# An HTTP/2 server's first frame is its SETTINGS: 24-bit length (a multiple of 6), type 4,
+# flags 0 (ACK is never first), stream 0.
+_SETTINGS_HEAD = 9
+
+
+def may_open_http2_server(data: bytes) -> bool:
+    """Whether ``data`` may be the first bytes an HTTP/2 server sends: the one case in
+    which a side that is not HTTP/1 is worth waiting on for the other side's bytes."""
+    head = bytes(data[:_SETTINGS_HEAD])
+    if len(head) >= 4 and head[3] != 0x04:
+        return False
+    if len(head) >= 5 and head[4] != 0:
+        return False
+    if len(head) >= 3 and int.from_bytes(head[:3], "big") % 6:
+        return False
+    return len(head) < _SETTINGS_HEAD or head[5:9] == b"\0\0\0\0"

@@ -119,6 +119,10 @@ class Http1Parser:
         self._now = 0  # ts of the current feed() call, for ProtocolError
         self._fed: _Half | None = None  # the side whose bytes are being parsed
         self._closed = False
+        # Whether the client has sent a byte we saw. A server that speaks first answers a
+        # request sent before the capture started (a connection older than the capture,
+        # or a read already blocked when the probes went in).
+        self._client_spoke = False
 
     def feed(self, side: Side, data: bytes, ts_ns: int) -> list[Message]:
         half = self._client if side == "client" else self._server
@@ -127,6 +131,8 @@ class Http1Parser:
         if half.raw or self._closed:
             return [RawData(side, bytes(data), ts_ns)]
         self._now = ts_ns
+        if half is self._client:
+            self._client_spoke = True
         half.add(data, ts_ns)
         half.conn.receive_data(bytes(data))
         self._pump(half)
@@ -182,8 +188,14 @@ class Http1Parser:
         # it, unless the client side went raw and no request will ever be parsed.
         no_request = self._client.raw and self._fed in (None, half)
         if half is self._server and conn.their_state is h11.IDLE and not no_request:
-            half.waiting = True
-            return False
+            if self._client_spoke or not half.buf:
+                half.waiting = True
+                return False
+            # Its request predates what we saw. Framing the response against the client's
+            # next request instead would put every later response one request late, and
+            # leave the last one unparsed until the connection closes.
+            self._missed_request()
+            conn = half.conn
         try:
             event = conn.next_event()
         except h11.ProtocolError as exc:
@@ -196,6 +208,20 @@ class Http1Parser:
             return False
         self._handle(half, event)
         return True
+
+    def _missed_request(self) -> None:
+        """Both state machines as if the client had sent a GET we did not see: the
+        response then frames as a GET's would, and pairs with no request."""
+        self._client_spoke = True
+        request = h11.Request(method="GET", target="/", headers=[("Host", "")])
+        self._server.conn.send(request)
+        self._server.conn.send(h11.EndOfMessage())
+        # The client half has no bytes yet: a fresh h11 connection that has read the GET.
+        client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        client.receive_data(b"GET / HTTP/1.1\r\nHost: \r\n\r\n")
+        while client.next_event() is not h11.NEED_DATA:
+            pass
+        self._client.conn = client
 
     def _handle(self, half: _Half, event: _Event) -> None:
         if isinstance(event, _Head):

@@ -234,3 +234,18 @@ def test_tshark_decrypts_static_node_with_our_keys(capture, static_node: str,
     assert set(server_hello) == {"0x0304"}
     assert tshark(pcap, "http.request", "http.request.uri") == paths
     assert len(tshark(pcap, "http.response", "http.response.code")) == PRIME
+
+
+def test_debian_node18_whole_system_capture(capture, node18: Unpacked,
+                                           node_client: type[NodeClient],
+                                           https_server: Server, tmp_path: Path) -> None:
+    """Debian's node 18 on the host's libssl, seen by a capture of the whole system that
+    started before it: every data event carries its connection's 4-tuple, as with --pid."""
+    paths = [f"/n{i:02d}" for i in range(PRIME)]
+    cap = capture()
+    client = node_client(node18_cmd(node18), https_server.port, "1.3", paths,
+                         tmp_path / "node18.keys", env={"LD_LIBRARY_PATH": node18.library_path()})
+    run = client.run()
+    cap.stop()
+    events = check_run(cap.record, run, paths, "1.3", tmp_path)
+    check_tuples(events, run, https_server.port)

@@ -24,7 +24,7 @@ from live_helpers import (
     unprivileged_python,
 )
 
-from ecapture.events import TlsData
+from ecapture.events import Conn, TlsData
 from ecapture.live.prereq import has_ringbuf
 from ecapture.structs.tls import TLS_CHUNK_SIZE as SSL_CHUNK_SIZE
 from ecapture.testing.replay import replay_events
@@ -133,6 +133,123 @@ def test_syscall_tracepoints_of_kernels_before_6_4(https_server: Server, tmp_pat
             assert e.fd >= 0 and e.conn is not None and e.conn.kind == kind, (e.pid, e.fd, e.conn)
             assert client_end(e.conn) == f"127.0.0.1:{local_port[e.data.split()[1].decode()]}"
             assert server in (e.conn.local, e.conn.remote)
+
+
+def released(record: Path | None) -> tuple[list[object], list[tuple[int, object]]]:
+    """The recording's events fed one by one to the conversations, as the live path feeds
+    them: the events fed, and each output event with the index of the one that released
+    it (len(fed) for those only the end released)."""
+    from ecapture.streams import Conversations
+
+    assert record is not None
+    conv = Conversations()
+    fed: list[object] = [e for e in replay_events(record) if isinstance(e, Conn | TlsData)]
+    out: list[tuple[int, object]] = []
+    for i, ev in enumerate(fed):
+        out += [(i, o) for o in conv.feed(ev)]  # type: ignore[arg-type]
+    out += [(len(fed), o) for o in conv.finish()]
+    return fed, out
+
+
+def test_keepalive_older_than_the_capture_pairs_each_response_at_once(
+        capture, https_server: Server) -> None:
+    """A keep-alive connection set up before the capture, then 7 requests. The server was
+    blocked in the read of the first one when the probes went in (the uretprobe limit):
+    that response stands alone. Every later one pairs with its own request, and each
+    exchange comes out with its response's last byte, not one request late, and not raw
+    at the close."""
+    from ecapture.streams import HttpExchange
+
+    count = 7
+    paths = ["/before", *(f"/after-{i}" for i in range(1, count + 1))]
+    client = subprocess.Popen([sys.executable, str(PROGRAMS / "https_client.py"),
+                               str(https_server.port), "keepalive", *paths],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdin is not None and client.stdout is not None
+    json.loads(client.stdout.readline())  # /before: connected and used before the capture
+    cap = capture("--pid", str(https_server.pid))
+    for _ in paths[1:]:
+        client.stdin.write("next\n")
+        client.stdin.flush()
+        assert json.loads(client.stdout.readline())["status"] == 200
+    text = cap.stop()
+    client.stdin.write("bye\n")
+    client.stdin.flush()
+    client.wait(30)
+    fed, out = released(cap.record)
+    exchanges = [(i, o) for i, o in out if isinstance(o, HttpExchange)]
+    assert [e.request.path if e.request else None for _, e in exchanges] == [None, *paths[2:]]
+    assert [e.response.body if e.response else None for _, e in exchanges] == \
+        [f"hello {p}\n".encode() for p in paths[1:]]
+    assert not [o for _, o in out if isinstance(o, TlsData)], "bytes shown raw"
+    assert "no response captured" not in text
+    for i, e in exchanges:  # released by the event that carried its response's last byte
+        assert e.response is not None and i < len(fed)
+        last = fed[i]
+        assert isinstance(last, TlsData) and last.direction == "write"
+        assert last.timestamp_ns == e.response.end_ns, e.response.body
+
+
+RAW_SINK = """
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+conn = ctx.wrap_socket(srv.accept()[0], server_side=True)
+while conn.recv(4096):
+    pass
+"""
+
+RAW_SOURCE = """
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+conn.sendall(b"\\x17 before the capture\\n")
+print("connected", flush=True)
+for line in sys.stdin:
+    conn.sendall(line.encode())
+    print("sent", flush=True)
+"""
+
+
+def test_raw_bytes_of_a_connection_older_than_the_capture_show_at_once(
+        capture, cert: tuple[str, str]) -> None:
+    """A connection set up before the capture, with a protocol that is not HTTP and
+    bytes that flow one way. Which side is the client is unknown there: each block is
+    shown as it comes, not held until the other side speaks or the connection closes."""
+    count = 7
+    sink = subprocess.Popen([sys.executable, "-c", RAW_SINK, *cert], stdout=subprocess.PIPE,
+                            text=True)
+    assert sink.stdout is not None
+    port = int(sink.stdout.readline())
+    source = subprocess.Popen([sys.executable, "-c", RAW_SOURCE, str(port)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert source.stdin is not None and source.stdout is not None
+    assert source.stdout.readline() == "connected\n"
+    cap = capture()
+    for i in range(count):
+        source.stdin.write(f"\x17 line {i}\n")
+        source.stdin.flush()
+        assert source.stdout.readline() == "sent\n"
+    cap.stop()
+    source.stdin.close()
+    source.wait(30)
+    sink.wait(30)
+    fed, out = released(cap.record)
+    expected = "".join(f"\x17 line {i}\n" for i in range(count)).encode()
+    for pid, direction in ((source.pid, "write"), (sink.pid, "read")):
+        mine = [(i, o) for i, o in out if isinstance(o, TlsData) and o.pid == pid]
+        data = b"".join(o.data for _, o in mine)
+        # The sink's first read was already blocked when the probes went in.
+        assert data == expected if pid == source.pid else expected.endswith(data), (pid, data)
+        assert len(data) > len(expected) // 2, (pid, data)
+        assert {o.direction for _, o in mine} == {direction}
+        assert all(o.conn is not None and o.conn.kind == "proc" for _, o in mine)
+        for i, o in mine:  # released by the very event that carried it
+            assert i < len(fed) and fed[i] is o, (pid, o.data)
 
 
 def test_server_side_with_pid_filter_excludes_others(capture, https_server: Server) -> None:

@@ -72,3 +72,17 @@ def test_total_and_consistent_with_longer_input(data: bytes) -> None:
 def test_need_more_means_a_prefix_could_still_be_http(data: bytes) -> None:
     if detect(data) == "need_more":
         assert len(data) < MAX_SNIFF
+
+
+def test_an_http2_servers_opening_settings_may_open_a_server() -> None:
+    from ecapture.parsers.detect import may_open_http2_server
+
+    settings = b"\x00\x00\x12\x04\x00\x00\x00\x00\x00" + bytes(18)
+    assert may_open_http2_server(settings)
+    assert all(may_open_http2_server(settings[:n]) for n in range(9))  # too short to tell
+    assert not may_open_http2_server(b"\x00\x00\x12\x04\x01\x00\x00\x00\x00")  # an ACK
+    assert not may_open_http2_server(b"\x00\x00\x12\x01\x04\x00\x00\x00\x01")  # HEADERS
+    assert not may_open_http2_server(b"\x00\x00\x07\x04\x00\x00\x00\x00\x00")  # not 6n bytes
+    assert not may_open_http2_server(b"\x00\x00\x06\x04\x00\x00\x00\x00\x03")  # a stream
+    assert not may_open_http2_server(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert not may_open_http2_server(b"220 smtp.example ESMTP\r\n")

@@ -384,3 +384,28 @@ def test_fuzz_fragments_split_invariant(script: Script, data: st.DataObject) -> 
     for m in out:
         if isinstance(m, HttpRequest | HttpResponse):
             assert m.start_ns <= m.end_ns
+
+
+@given(st.data())
+def test_response_whose_request_predates_the_capture(data: st.DataObject) -> None:
+    """A keep-alive connection older than the capture: its first bytes are a response.
+    It stands alone, and every later response pairs with its own request, not one late."""
+    script: Conversation = [("server", resp(body=b"r0"))]
+    for i in range(1, 5):
+        script += [("client", req(path=f"/{i}")), ("server", resp(body=b"r%d" % i))]
+    out = every_way(script, data)
+    assert kinds(out) == ["HttpResponse"] + ["HttpRequest", "HttpResponse"] * 4
+    assert [m.body for m in out if isinstance(m, HttpResponse)] == [b"r0", b"r1", b"r2", b"r3",
+                                                                      b"r4"]
+    assert all(m.complete for m in out if isinstance(m, HttpRequest | HttpResponse))
+
+
+def test_response_whose_request_predates_the_capture_is_out_at_its_last_byte() -> None:
+    """Each response comes out when its last byte is fed, not when the next request (or
+    the end of the connection) comes: the last one is not left for close() to flush raw."""
+    parser = Http1Parser()
+    assert kinds(parser.feed("server", resp(body=b"r0"), 0)) == ["HttpResponse"]
+    for i in range(1, 4):
+        assert kinds(parser.feed("client", req(path=f"/{i}"), 2 * i)) == ["HttpRequest"]
+        assert kinds(parser.feed("server", resp(body=b"r%d" % i), 2 * i + 1)) == ["HttpResponse"]
+    assert parser.close() == []

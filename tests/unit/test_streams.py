@@ -177,3 +177,32 @@ def test_idle_undecided_conversation_is_flushed_raw() -> None:
     later = data("write", REQ, 10 + IDLE_NS + 2, c, ssl=0xB)  # another connection moves time
     assert list(conv.feed(later)) == [first]
     assert list(conv.tick(10)) == []
+
+
+def test_connection_older_than_the_capture_shows_raw_bytes_at_once() -> None:
+    """A connection found in /proc says nothing of which side is the client. Bytes that
+    neither HTTP/1 nor an HTTP/2 server could start with go out as they come, from either
+    side, as on a connection whose accept was seen, not when the other side speaks."""
+    old = conn(kind="proc")
+    conv = Conversations()
+    assert conv.feed(old) == [old]
+    for i, direction in enumerate(("write", "write", "read")):
+        ev = data(direction, b"\x17binary %d" % i, 2 + i, old)
+        assert conv.feed(ev) == [ev]
+    # The same on an accepted connection whose server speaks first (an SMTP-like banner).
+    accepted = conn(kind="accept", fd=6, sock=78)
+    banner = replace(data("write", b"220 mail.example ESMTP\r\n", 9, accepted, ssl=0xD), fd=6)
+    assert conv.feed(accepted) == [accepted]
+    assert conv.feed(banner) == [banner]
+
+
+def test_http2_settings_alone_still_waits_for_the_client() -> None:
+    old = conn(kind="proc")
+    conv = Conversations()
+    conv.feed(old)
+    settings = data("read", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64", 2,
+                    old)
+    assert conv.feed(settings) == []
+    preface = data("write", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 3, old)
+    out = conv.feed(preface)
+    assert not [e for e in out if isinstance(e, TlsData)]  # parsed as HTTP/2, not raw

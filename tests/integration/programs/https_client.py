@@ -4,8 +4,9 @@ usage: https_client.py PORT get PATH [PATH ...]   one connection per path
        https_client.py PORT upload NBYTES         POST NBYTES of a known text pattern
        https_client.py PORT session PATH [PATH ...] all on one keep-alive connection
        https_client.py PORT upload-wait NBYTES    connect, wait for a line on stdin, upload
-       https_client.py PORT keepalive P1 P2       P1, then P2 on the same connection after
-                                                  a line on stdin; close after another
+       https_client.py PORT keepalive P1 P2 ...   P1, then each next path on the same
+                                                  connection after a line on stdin; close
+                                                  after another
 Prints one JSON line per request: path, local port, status, response body.
 """
 
@@ -59,12 +60,12 @@ def session(port: int, paths: list[str]) -> None:
     conn.close()
 
 
-def keepalive(port: int, first: str, second: str) -> None:
+def keepalive(port: int, paths: list[str]) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-    for n, path in enumerate((first, second)):
+    for n, path in enumerate(paths):
         if n:
             sys.stdin.readline()
         conn.request("GET", path)
@@ -84,7 +85,7 @@ def main() -> None:
     elif mode == "session":
         session(port, sys.argv[3:])
     elif mode == "keepalive":
-        keepalive(port, sys.argv[3], sys.argv[4])
+        keepalive(port, sys.argv[3:])
     elif mode == "upload-wait":
         request(port, "POST", "/upload", pattern(int(sys.argv[3])), wait=True)
     elif mode == "upload":
