@@ -189,6 +189,8 @@ class Module:
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)
         self.targets: list[Target] = []
+        #: one-line remarks for the user, said once the capture runs (what --pid resolved to)
+        self.notes: list[str] = []
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
@@ -283,15 +285,45 @@ def process_filter_cflags(config: Mapping[str, Any]) -> list[str]:
     return flags
 
 
-def check_path_and_pid(config: Mapping[str, Any], path_option: str | None) -> None:
+def check_path_and_pid(config: dict[str, Any], path_option: str | None) -> list[str]:
     """The checks of a module's target options, before anything is loaded: its path option
-    (``--<path_option>``) names a file, and ``--pid`` a running process."""
+    (``--<path_option>``) names a file, and ``--pid`` a running process. A thread's id is
+    replaced by its process's, which is what the kernel filters on: the notes say so."""
     path = config.get(path_option) if path_option else None
     if path and not os.path.isfile(path):
         raise ConfigError(f"--{path_option} {path}: no such file")
     pid = config.get("pid")
-    if pid is not None and not os.path.exists(f"/proc/{pid}"):
+    if pid is None:
+        return []
+    tgid = process_of(pid)
+    if tgid is None:
         raise ConfigError(f"--pid {pid}: no such process")
+    if tgid == pid:
+        return []
+    config["pid"] = tgid
+    return [f"--pid {pid} is a thread of process {tgid} ({comm_of(tgid)}): capturing that "
+            f"process"]
+
+
+def process_of(pid: int) -> int | None:
+    """The process (thread group) that task ``pid`` belongs to; None if there is none.
+    /proc shows a thread's directory too, without listing it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def comm_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 def unpack_event(codec: HeaderCodec, data: bytes, name: str,

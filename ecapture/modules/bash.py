@@ -170,7 +170,7 @@ class BashModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        check_path_and_pid(self.config, "bash")
+        self.notes += check_path_and_pid(self.config, "bash")
 
     def init(self) -> None:
         path = self.config.get("bash") or default_shell()

@@ -359,7 +359,7 @@ class MysqldModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        check_path_and_pid(self.config, "mysqld")
+        self.notes += check_path_and_pid(self.config, "mysqld")
 
     def init(self) -> None:
         path = self.config.get("mysqld")

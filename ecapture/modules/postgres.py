@@ -240,7 +240,7 @@ class PostgresModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        check_path_and_pid(self.config, "postgres")
+        self.notes += check_path_and_pid(self.config, "postgres")
 
     def _locate(self) -> str:
         path = self.config.get("postgres")

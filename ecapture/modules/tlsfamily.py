@@ -166,7 +166,7 @@ class TlsLibraryModule(Module):
                 raise ConfigError("-m pcap needs -i IFACE, the interface to capture on")
             if not os.path.exists(f"/sys/class/net/{ifname}"):
                 raise ConfigError(f"-i {ifname}: no such network interface")
-        check_path_and_pid(self.config, self.library_option)
+        self.notes += check_path_and_pid(self.config, self.library_option)
 
     def resolve_library(self, patterns: Iterable[str], required: Iterable[str], what: str,
                         hint: str) -> tuple[str, frozenset[str]]:

@@ -138,7 +138,7 @@ class ZshModule(Module):
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
-        check_path_and_pid(self.config, "zsh")
+        self.notes += check_path_and_pid(self.config, "zsh")
 
     def init(self) -> None:
         path = self.config.get("zsh") or default_zsh()

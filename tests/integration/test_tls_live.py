@@ -252,6 +252,53 @@ def test_raw_bytes_of_a_connection_older_than_the_capture_show_at_once(
             assert i < len(fed) and fed[i] is o, (pid, o.data)
 
 
+THREADED_CLIENT = """
+import http.client, ssl, sys, threading
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+go = threading.Event()
+def worker():
+    print(threading.get_native_id(), flush=True)
+    go.wait()
+    for i in range(int(sys.argv[2])):
+        conn = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx)
+        conn.request("GET", f"/thread-{i}")
+        conn.getresponse().read()
+        conn.close()
+t = threading.Thread(target=worker)
+t.start()
+sys.stdin.readline()
+go.set()
+t.join()
+"""
+
+
+def test_pid_of_a_thread_captures_its_process(capture, https_server: Server) -> None:
+    """--pid takes a thread's id as its process's, which is what the kernel filters on,
+    and says so, rather than a filter that never matches."""
+    count = 7
+    client = subprocess.Popen([sys.executable, "-c", THREADED_CLIENT, str(https_server.port),
+                               str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert client.stdin is not None and client.stdout is not None
+    tid = int(client.stdout.readline())
+    assert tid != client.pid
+    cap = capture("--pid", str(tid))
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    assert client.wait(30) == 0
+    cap.stop()
+    err = cap.err_path.read_text()
+    assert f"--pid {tid} is a thread of process {client.pid} " in err
+    events = data_events(cap.record)
+    assert {e.pid for e in events} == {client.pid}
+    sent = [e.data.split()[1].decode() for e in events if e.direction == "write"
+            and e.data.startswith(b"GET ")]
+    assert sent == [f"/thread-{i}" for i in range(count)]
+    assert {e.tid for e in events} == {tid}
+
+
 def test_server_side_with_pid_filter_excludes_others(capture, https_server: Server) -> None:
     cap = capture("--pid", str(https_server.pid))
     port = https_server.port
