@@ -129,3 +129,44 @@ def test_json_model_live_equals_replay_and_parses(capture, https_server: Server)
             ["jq", "-r", "select(.type == \"http\" and .role == \"client\") | .response.status"],
             input=live, text=True, check=True, capture_output=True).stdout
         assert statuses.split() == ["200", "200"]
+
+
+@pytest.mark.parametrize("hooks", ["socket", "syscalls"])
+def test_server_accept_right_after_a_busy_connection_has_its_tuple(
+        h2_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hooks: str) -> None:
+    """nghttp with 23 concurrent streams on one connection, then at once curl on a new one:
+    nghttpd reuses the first connection's fd for the second, within milliseconds. Both of
+    nghttpd's connections carry their own 4-tuple on every exchange, with the socket
+    tracepoints (Linux 6.4+) and with the syscall tracepoints of older kernels."""
+    from live_helpers import in_process_capture
+
+    from ecapture.live import prereq
+    from ecapture.modules.openssl import OpenSSLModule
+
+    if shutil.which("nghttp") is None:
+        pytest.fail("nghttp is not installed (scripts/setup.sh installs nghttp2-client)")
+    if hooks == "syscalls":
+        monkeypatch.setattr(prereq, "has_socket_tracepoints", lambda tracefs: False)
+    elif not prereq.has_socket_tracepoints(prereq.tracefs()):
+        pytest.skip("this kernel has no sock:sock_send_length (Linux 6.4+)")
+    port, _ = h2_server
+    urls = [f"https://127.0.0.1:{port}/f{i:02d}" for i in range(1, PRIME + 1)]
+    module = OpenSSLModule({"libssl": None, "pid": None, "uid": None, "ifname": None})
+    record = tmp_path / "busy.ecap"
+    with in_process_capture(module, record) as session:
+        assert session.describe()["socket_hooks"] == ("tracepoints" if hooks == "socket"
+                                                      else "syscalls")
+        subprocess.run(["nghttp", "-n", *urls], check=True, capture_output=True, timeout=60)
+        subprocess.run(["curl", "--http2", "-sk", urls[0]], check=True, capture_output=True,
+                       timeout=60)
+    here = f"127.0.0.1:{port}"  # the capture sees the whole system: only this server's
+    got = [e for e in exchanges(record) if e.conn is None or here in (e.conn.local,
+                                                                       e.conn.remote)]
+    clients = {e.comm: e.conn.local for e in got if e.comm in ("nghttp", "curl") and e.conn}
+    assert set(clients) == {"nghttp", "curl"}
+    server = [e for e in got if e.comm == "nghttpd"]
+    assert len(server) == PRIME + 1
+    assert all(e.conn is not None and e.conn.kind == "accept" for e in server)
+    assert sorted(e.conn.remote for e in server if e.conn) == \
+        sorted([clients["nghttp"]] * PRIME + [clients["curl"]])
+    assert {e.conn.local for e in server if e.conn} == {here}
