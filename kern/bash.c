@@ -19,7 +19,7 @@
 #endif
 
 /* The event is larger than the 512-byte BPF stack: build it in a per-CPU slot. */
-BPF_PERCPU_ARRAY(scratch, struct bash_readline_event_t, 1);
+BPF_PERCPU_ARRAY(scratch, struct bash_readline_event_t, SCRATCH_SLOTS);
 
 #if BASH_COMMANDS
 /* A shell's command in progress: how many lines it sent, and the status it returned. Only
@@ -95,8 +95,8 @@ int bash_readline_return(struct pt_regs *ctx) {
     u32 uid = (u32)bpf_get_current_uid_gid();
     if (!traced(pid_tgid, uid))
         return 0;
-    u32 zero = 0;
-    struct bash_readline_event_t *ev = scratch.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct bash_readline_event_t *ev = scratch.lookup(&slot);
     if (!ev)
         return 0;
     long n = bpf_probe_read_user_str(ev->line, BASH_LINE_MAX, line);

@@ -36,7 +36,7 @@
 /* ARM's top-byte-ignore lets Android tag heap pointers: strip the tag before reading. */
 #define BSSL_UNTAG(p) ((p) & 0x00FFFFFFFFFFFFFFULL)
 
-BPF_PERCPU_ARRAY(bssl_heap, struct boringssl_secret_event_t, 1);
+BPF_PERCPU_ARRAY(bssl_heap, struct boringssl_secret_event_t, SCRATCH_SLOTS);
 /* (pid, SSL*) -> first 8 bytes of the client random whose master secret was sent: an SSL*
  * is reused after SSL_free, a client random never. */
 BPF_TABLE("lru_hash", struct tls_conn_key_t, u64, bssl_master_sent, 65536);
@@ -71,8 +71,8 @@ static __always_inline u16 bssl_version(u64 ssl, u64 s3) {
 /* The per-CPU event, its header and client random filled in. */
 static __always_inline struct boringssl_secret_event_t *bssl_event(u64 ssl, u64 s3, u16 version,
                                                                    u8 label) {
-    u32 zero = 0;
-    struct boringssl_secret_event_t *ev = bssl_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct boringssl_secret_event_t *ev = bssl_heap.lookup(&slot);
     if (!ev)
         return 0;
     __builtin_memset(ev, 0, sizeof(*ev));

@@ -51,7 +51,7 @@ static __always_inline s32 gnutls_wire_version(u64 session) {
 /* (pid, session) -> the first 8 bytes of the client random whose secrets were sent: once
  * per handshake, and a session object freed and reused gets a new random. */
 BPF_TABLE("lru_hash", struct tls_conn_key_t, u64, gnutls_keys_sent, 65536);
-BPF_PERCPU_ARRAY(gnutls_key_heap, struct gnutls_secrets_event_t, 1);
+BPF_PERCPU_ARRAY(gnutls_key_heap, struct gnutls_secrets_event_t, SCRATCH_SLOTS);
 
 /* Send the session's secrets unless they were sent for this handshake already. 1 when they
  * have been (now or before): the handshake is complete and its version final. */
@@ -65,8 +65,8 @@ static __always_inline int gnutls_emit_keys(void *ctx, u64 session) {
     u64 *sent = gnutls_keys_sent.lookup(&key);
     if (sent && *sent == random_head)
         return 1;
-    u32 zero = 0;
-    struct gnutls_secrets_event_t *ev = gnutls_key_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct gnutls_secrets_event_t *ev = gnutls_key_heap.lookup(&slot);
     if (!ev)
         return 0;
     __builtin_memset(ev, 0, sizeof(*ev));

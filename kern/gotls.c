@@ -82,7 +82,7 @@ struct go_call_key_t {
 /* LRU: a call whose RET never comes (a panic unwinding through it) must not hold its
  * slot for good, and a full table would silently refuse new calls. */
 BPF_TABLE("lru_hash", struct go_call_key_t, struct tls_call_t, go_calls, 16384);
-BPF_PERCPU_ARRAY(go_keylog_heap, struct go_keylog_event_t, 1);
+BPF_PERCPU_ARRAY(go_keylog_heap, struct go_keylog_event_t, SCRATCH_SLOTS);
 
 /* The socket fd under a tls.Conn, or -1 when its net.Conn is not a netFD (a program may
  * wrap any net.Conn in TLS: a pipe, a proxy's stream). */
@@ -164,8 +164,8 @@ int uprobe_go_write_key_log(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if (!traced(id, (u32)bpf_get_current_uid_gid()))
         return 0;
-    u32 zero = 0;
-    struct go_keylog_event_t *ev = go_keylog_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct go_keylog_event_t *ev = go_keylog_heap.lookup(&slot);
     if (!ev)
         return 0;
     ev->kind = GOTLS_EVENT_KEYLOG;

@@ -58,8 +58,8 @@
 /* The bytes of COM_STMT_PREPARE_OK: 0x00, id (4), columns (2), params (2), 0, warnings (2) */
 #define PREPARE_OK_LEN 12
 
-BPF_PERCPU_ARRAY(mysqld_query_heap, struct mysqld_query_event_t, 1);
-BPF_PERCPU_ARRAY(mysqld_done_heap, struct mysqld_done_event_t, 1);
+BPF_PERCPU_ARRAY(mysqld_query_heap, struct mysqld_query_event_t, SCRATCH_SLOTS);
+BPF_PERCPU_ARRAY(mysqld_done_heap, struct mysqld_done_event_t, SCRATCH_SLOTS);
 /* tid -> the command it is inside. LRU: a thread that dies inside a call leaves no trace. */
 BPF_TABLE("lru_hash", u32, struct mysqld_done_event_t, mysqld_calls, 4096);
 
@@ -130,9 +130,9 @@ int mysqld_dispatch_enter(struct pt_regs *ctx) {
         emit(ctx, stale, offsetof(struct mysqld_done_event_t, msg) + n);
         mysqld_calls.delete(&tid);
     }
-    u32 zero = 0;
-    struct mysqld_done_event_t *call = mysqld_done_heap.lookup(&zero);
-    struct mysqld_query_event_t *ev = mysqld_query_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct mysqld_done_event_t *call = mysqld_done_heap.lookup(&slot);
+    struct mysqld_query_event_t *ev = mysqld_query_heap.lookup(&slot);
     if (!call || !ev)
         return 0;
     u64 conn = 0;

@@ -104,18 +104,18 @@ int uprobe_PR_Recv(struct pt_regs *ctx) {
  * blocking call writes all). It is sent as one call whose chunks follow the segments:
  * user space joins them by offset, as for any call. The header is the family's
  * (tls_data_event), the chunks too (tls_send_chunk); only the walk over segments is ours. */
-BPF_PERCPU_ARRAY(nss_iov_done, u64, 1);
+BPF_PERCPU_ARRAY(nss_iov_done, u64, SCRATCH_SLOTS);
 
 static __always_inline void nss_send_iov(void *ctx, struct tls_call_t *call, u64 total) {
     struct ssl_data_event_t *ev = tls_data_event(call, TLS_DIR_WRITE, total, 0);
     if (!ev)
         return;
-    u32 zero = 0;
+    u32 slot = scratch_slot();
 
     /* Bytes of the call sent so far, the next chunk's offset: kept in map memory, which
      * the verifier does not follow, so that every path through a segment reaches the
      * next one in the same state and is walked once, not once per way the last ended. */
-    u64 *done = nss_iov_done.lookup(&zero);
+    u64 *done = nss_iov_done.lookup(&slot);
     if (!done)
         return;
     *done = 0;

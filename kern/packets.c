@@ -17,7 +17,7 @@
 #define MAX_PACKET_CHUNKS 32
 #endif
 
-BPF_PERCPU_ARRAY(packet_heap, struct packet_chunk_event_t, 1);
+BPF_PERCPU_ARRAY(packet_heap, struct packet_chunk_event_t, SCRATCH_SLOTS);
 BPF_PROG_ARRAY(packet_capture, 2); /* 0: tc_ingress, 1: tc_egress, for the filter's tail call */
 
 /* One piece of a packet; 0 when it could not be read. */
@@ -35,8 +35,8 @@ static __always_inline int send_piece(struct __sk_buff *skb, struct packet_chunk
 }
 
 static __always_inline int capture(struct __sk_buff *skb, u8 direction) {
-    u32 zero = 0;
-    struct packet_chunk_event_t *ev = packet_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct packet_chunk_event_t *ev = packet_heap.lookup(&slot);
     if (!ev)
         return TC_ACT_OK;
     u64 len = skb->len;

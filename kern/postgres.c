@@ -58,9 +58,9 @@ struct pg_backend_t {
 BPF_TABLE("lru_hash", u32, struct pg_backend_t, backends, 16384);
 
 /* Events are larger than the 512-byte BPF stack: build them in per-CPU slots. */
-BPF_PERCPU_ARRAY(parse_scratch, struct pg_parse_event_t, 1);
-BPF_PERCPU_ARRAY(execute_scratch, struct pg_execute_event_t, 1);
-BPF_PERCPU_ARRAY(error_scratch, struct pg_error_event_t, 1);
+BPF_PERCPU_ARRAY(parse_scratch, struct pg_parse_event_t, SCRATCH_SLOTS);
+BPF_PERCPU_ARRAY(execute_scratch, struct pg_execute_event_t, SCRATCH_SLOTS);
+BPF_PERCPU_ARRAY(error_scratch, struct pg_error_event_t, SCRATCH_SLOTS);
 
 /* --pid: that process, and the processes it forked (a postmaster's backends). */
 static __always_inline int pg_traced(u64 pid_tgid, u32 uid) {
@@ -132,8 +132,8 @@ int pg_parse_query_entry(struct pt_regs *ctx) {
         if (!nested)
             b->parsed_text = text; /* the statements of a simple query will run on it */
     }
-    u32 zero = 0;
-    struct pg_parse_event_t *ev = parse_scratch.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct pg_parse_event_t *ev = parse_scratch.lookup(&slot);
     if (!ev)
         return 0;
     long len = read_text(ev->text, text, &ev->truncated);
@@ -173,8 +173,8 @@ int pg_portal_run_entry(struct pt_regs *ctx) {
             return 0; /* a statement of the simple query parsed last: already sent */
         msg_type = b->msg_type;
     }
-    u32 zero = 0;
-    struct pg_execute_event_t *ev = execute_scratch.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct pg_execute_event_t *ev = execute_scratch.lookup(&slot);
     if (!ev)
         return 0;
     long len = read_text(ev->text, source, &ev->truncated);
@@ -218,8 +218,8 @@ int pg_endmessage_entry(struct pt_regs *ctx) {
     read_user(&len, sizeof(len), buf + PG_STRINGINFO_LEN_OFF);
     if (!data || len <= 0)
         return 0;
-    u32 zero = 0;
-    struct pg_error_event_t *ev = error_scratch.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct pg_error_event_t *ev = error_scratch.lookup(&slot);
     if (!ev)
         return 0;
     u32 n = (u32)len;

@@ -52,9 +52,40 @@ static __always_inline u32 emit(void *ctx, void *data, u32 size) {
 
 /* Read user memory at an address computed as an integer. One call site for the helper:
  * bcc analyses every call of it with pointer arithmetic in its arguments, which made each
- * such call cost a noticeable part of a second to compile. */
+ * such call cost a noticeable part of a second to compile.
+ *
+ * It never faults a page in, so it fails (and zeroes dst) when any page of the range is
+ * not mapped at that instant. Memory the process has just used can be in that state: a
+ * huge-page collapse (khugepaged, MADV_COLLAPSE) unhooks a 2 MiB range's page table for
+ * the whole copy, and where kernel code is preemptible (preempt=full or lazy, the only
+ * models of x86 kernels since 7.0) the collapsing thread can lose the CPU inside that
+ * window. A sleepable program could wait with bpf_copy_from_user(); bcc loads none.
+ * bench/read_user_repro.py measures it. */
 static __always_inline long read_user(void *dst, u32 size, u64 addr) {
     return bpf_probe_read_user(dst, size, (void *)addr);
+}
+
+/* Per-CPU scratch space for an event too big for the 512-byte stack. A per-CPU map value
+ * is one program run's alone only while runs cannot interleave on a CPU. Where kernel code
+ * is preemptible (preempt=full or lazy, the only models of x86 kernels since 7.0) a run can
+ * lose the CPU half-way and a run for another thread then starts on the same CPU: with one
+ * value per CPU it overwrote the first run's half-built event (another process's pid in a
+ * data event). So a scratch map has SCRATCH_SLOTS values per CPU, and each lookup takes the
+ * next in turn: two runs share one only if SCRATCH_SLOTS others started on that CPU while
+ * one was preempted. Nothing is given back, so no path can leak a slot. */
+#ifndef SCRATCH_SLOTS
+#define SCRATCH_SLOTS 8 /* a power of two */
+#endif
+BPF_PERCPU_ARRAY(scratch_turn, u32, 1);
+
+static __always_inline u32 scratch_slot(void) {
+    u32 zero = 0;
+    u32 *turn = scratch_turn.lookup(&zero);
+    if (!turn)
+        return 0;
+    u32 slot = *turn & (SCRATCH_SLOTS - 1);
+    *turn = slot + 1;
+    return slot;
 }
 
 static __always_inline int traced(u64 pid_tgid, u32 uid) {

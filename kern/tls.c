@@ -89,7 +89,7 @@ struct tls_fd_t {
     u32 sure;
 };
 BPF_TABLE("lru_hash", struct tls_conn_key_t, struct tls_fd_t, tls_fds, 65536); /* (pid, conn) */
-BPF_PERCPU_ARRAY(tls_heap, struct ssl_data_event_t, 1); /* too big for the 512-byte stack */
+BPF_PERCPU_ARRAY(tls_heap, struct ssl_data_event_t, SCRATCH_SLOTS); /* see scratch_slot() */
 /* Libraries driven over memory buffers (node's TLS, many event loops) do their socket I/O
  * outside the library's calls: the thread writes the ciphertext a call produced right
  * after the call returns. A connection whose call ended with its fd still unknown waits
@@ -204,9 +204,12 @@ static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev
     ev->offset = (u32)off;
     ev->data_len = n;
     if (read_user(ev->data, n, buf + off) != 0) {
-        /* The kernel would not copy these bytes (seen on 7.x under load). Say so with an
-         * empty chunk at this offset: user space then reports the rest of the call as
-         * missing instead of the whole call vanishing without a trace. */
+        /* The kernel would not copy these bytes: a page of them was not mapped at that
+         * instant, typically because a huge-page collapse (khugepaged) of their 2 MiB
+         * range was in progress (read_user() in prelude.c). That lasts until the
+         * collapsing thread runs again, so a retry would fail too. Say so with an empty
+         * chunk at this offset and stop: user space keeps a call's bytes as one prefix
+         * and reports the rest as missing, instead of the whole call vanishing. */
         ev->data_len = 0;
         emit(ctx, ev, offsetof(struct ssl_data_event_t, data));
         return 0;
@@ -221,8 +224,8 @@ static __always_inline int tls_send_chunk(void *ctx, struct ssl_data_event_t *ev
 static __always_inline struct ssl_data_event_t *tls_data_event(struct tls_call_t *call,
                                                                u8 direction, u64 total,
                                                                s32 version) {
-    u32 zero = 0;
-    struct ssl_data_event_t *ev = tls_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct ssl_data_event_t *ev = tls_heap.lookup(&slot);
     if (!ev)
         return 0;
     u64 id = bpf_get_current_pid_tgid();

@@ -19,7 +19,7 @@
 #include "zsh.h"
 
 /* The event is larger than the 512-byte BPF stack: build it in a per-CPU slot. */
-BPF_PERCPU_ARRAY(scratch, struct zsh_zleread_event_t, 1);
+BPF_PERCPU_ARRAY(scratch, struct zsh_zleread_event_t, SCRATCH_SLOTS);
 
 int zsh_zleread_return(struct pt_regs *ctx) {
     const char *line = (const char *)PT_REGS_RC(ctx);
@@ -30,8 +30,8 @@ int zsh_zleread_return(struct pt_regs *ctx) {
     u32 uid = (u32)bpf_get_current_uid_gid();
     if (!traced(pid_tgid, uid))
         return 0;
-    u32 zero = 0;
-    struct zsh_zleread_event_t *ev = scratch.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct zsh_zleread_event_t *ev = scratch.lookup(&slot);
     if (!ev)
         return 0;
     long n = bpf_probe_read_user_str(ev->line, ZSH_LINE_MAX, line);
