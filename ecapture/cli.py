@@ -331,7 +331,7 @@ def _run_live(args: argparse.Namespace) -> int:
         _say(f"{module.name}: {len(session.attached)} probes attached to "
              f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}) in "
              f"{_since_launch(launched):.1f} s; Ctrl-C to stop")
-        for note in session.notes:
+        for note in [*module.notes, *session.notes]:
             _say(note)
         on_terminal = sys.stdout.isatty() and args.model in ("text", "json")
         status_line = _Status(stats, sys.stderr, sys.stderr.isatty() and not on_terminal)

@@ -116,7 +116,6 @@ class LiveSession:
     def init(self) -> None:
         """Check everything that can fail before touching the kernel."""
         self.module.check()
-        self.notes += self.module.notes
         prereq.check_root()
         self._bcc = load_bcc()
         prereq.check_kernel_headers()

@@ -189,7 +189,8 @@ class Module:
     def __init__(self, config: Mapping[str, Any]):
         self.config = dict(config)
         self.targets: list[Target] = []
-        #: one-line remarks for the user, said once the capture runs (what --pid resolved to)
+        #: one-line remarks for the user, said once the capture runs (what --pid resolved
+        #: to, a part of a library that cannot be hooked): from check() and init()
         self.notes: list[str] = []
 
     # -- configuration -------------------------------------------------------------
