@@ -5,6 +5,12 @@
  * the family (tls_call_enter/tls_call_take/tls_send_data); SSL_do_handshake marks the
  * handshake, whose socket I/O tells the connection's fd before its first read.
  *
+ * The SSL BIO (BIO_f_ssl) reads and writes without those functions: its read and write
+ * methods, static functions of libssl's ssl/bio_ssl.c, call the library's internal record
+ * functions. They get uprobes of their own, at the addresses ecapture/modules/openssl.py
+ * reads from the BIO's method table, so no other kind of BIO (files, memory, sockets) runs
+ * anything here. Their calls are SSL_read_ex's and SSL_write_ex's, with the BIO first.
+ *
  * Version-specific offsets (SSL_VERSION_OFFSET, OFF_* of the secrets, OFF_S3 for 1.1.1)
  * arrive as -D flags from ecapture/modules/openssl.py and openssl_offsets.py.
  */
@@ -20,7 +26,7 @@
 /* Keys: once per connection, at its first successful read or write. An SSL* is reused
  * after SSL_free, so a connection is (pid, SSL*) plus its client random. */
 BPF_TABLE("lru_hash", struct tls_conn_key_t, u64, keys_sent, 65536);
-BPF_PERCPU_ARRAY(key_heap, struct master_secret_event_t, 1);
+BPF_PERCPU_ARRAY(key_heap, struct master_secret_event_t, SCRATCH_SLOTS);
 
 /* Where the connection's client random is. OpenSSL 1.1.1's ssl_st points at its
  * ssl3_state_st (OFF_S3 is that pointer's offset); 3.x embeds it. 0: not allocated. */
@@ -46,8 +52,8 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     if (sent && *sent == random_head)
         return;
     keys_sent.update(&key, &random_head);
-    u32 zero = 0;
-    struct master_secret_event_t *ev = key_heap.lookup(&zero);
+    u32 slot = scratch_slot();
+    struct master_secret_event_t *ev = key_heap.lookup(&slot);
     if (!ev)
         return;
     __builtin_memset(ev, 0, sizeof(*ev));
@@ -89,9 +95,10 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 direction) {
     if (!tls_call_take(&call))
         return 0;
     u64 total = 0;
-    if (call.func == SSL_FUNC_READ_EX || call.func == SSL_FUNC_WRITE_EX) {
-        /* int SSL_read_ex(SSL *, void *, size_t, size_t *readbytes): 1 on success */
-        if ((int)PT_REGS_RC(ctx) != 1 || call.len_ptr == 0)
+    if (call.func >= SSL_FUNC_READ_EX) {
+        /* int SSL_read_ex(SSL *, void *, size_t, size_t *readbytes): 1 on success; the SSL
+         * BIO's methods return the count the same way */
+        if ((int)PT_REGS_RC(ctx) <= 0 || call.len_ptr == 0)
             return 0;
         read_user(&total, sizeof(total), call.len_ptr);
     } else {
@@ -120,6 +127,27 @@ int uprobe_SSL_read_ex(struct pt_regs *ctx) { return ssl_enter(ctx, SSL_FUNC_REA
 int uprobe_SSL_write_ex(struct pt_regs *ctx) { return ssl_enter(ctx, SSL_FUNC_WRITE_EX); }
 int uretprobe_SSL_read(struct pt_regs *ctx) { return ssl_return(ctx, TLS_DIR_READ); }
 int uretprobe_SSL_write(struct pt_regs *ctx) { return ssl_return(ctx, TLS_DIR_WRITE); }
+
+#ifdef BIO_DATA_OFFSET
+/* The SSL BIO's read or write method: int (BIO *, char *buf, size_t, size_t *done). The
+ * connection is the BIO's SSL*, as SSL_read would have it (its fd, its keys): the first
+ * member of the BIO's private data (BIO_SSL), which struct bio_st keeps at
+ * BIO_DATA_OFFSET (the member BIO_get_data() returns, read from its code). */
+static __always_inline int ssl_bio_enter(struct pt_regs *ctx, u32 func) {
+    u64 data = 0, ssl = 0;
+    read_user(&data, sizeof(data), PT_REGS_PARM1(ctx) + BIO_DATA_OFFSET);
+    if (data == 0 || read_user(&ssl, sizeof(ssl), data) != 0 || ssl == 0)
+        return 0;
+    u64 done = PT_REGS_PARM4(ctx);
+    if (done == 0)
+        return 0;
+    tls_call_enter(ssl, PT_REGS_PARM2(ctx), done, func);
+    return 0;
+}
+
+int uprobe_ssl_bio_read(struct pt_regs *ctx) { return ssl_bio_enter(ctx, SSL_FUNC_BIO_READ); }
+int uprobe_ssl_bio_write(struct pt_regs *ctx) { return ssl_bio_enter(ctx, SSL_FUNC_BIO_WRITE); }
+#endif
 
 /* The handshake also does socket I/O: note its fd so that the first SSL_read of a server
  * already knows it. Kept apart from calls because SSL_write may run a handshake inside. */

@@ -13,6 +13,8 @@ enum openssl_func {
     SSL_FUNC_WRITE = 1,
     SSL_FUNC_READ_EX = 2,
     SSL_FUNC_WRITE_EX = 3,
+    SSL_FUNC_BIO_READ = 4,  /* the SSL BIO's read method (BIO_read & co. on an SSL BIO) */
+    SSL_FUNC_BIO_WRITE = 5, /* its write method */
 };
 
 /* The secrets of one TLS connection, read from OpenSSL's structs once per (pid, SSL*) at

@@ -221,15 +221,16 @@ class LiveSession:
             self.attached.append(probe)
 
     def _attach_address(self, bpf: Any, probe: Probe) -> None:
-        """A uprobe at an address: bcc maps the virtual address to its file offset."""
+        """A uprobe or uretprobe at an address: bcc maps the virtual address to its file
+        offset."""
         assert probe.library is not None and probe.address is not None
-        if probe.kind != "uprobe":
+        if probe.kind not in ("uprobe", "uretprobe"):
             raise AttachError(f"{probe.kind} {probe.target}: only uprobes attach at an address")
+        attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
         try:
-            bpf.attach_uprobe(name=probe.library.encode(), addr=probe.address,
-                              fn_name=probe.fn.encode())
+            attach(name=probe.library.encode(), addr=probe.address, fn_name=probe.fn.encode())
         except Exception as e:
-            raise AttachError(f"attaching uprobe {probe.target} (0x{probe.address:x}) in "
+            raise AttachError(f"attaching {probe.kind} {probe.target} (0x{probe.address:x}) in "
                               f"{probe.library} failed: {_one_line(e)}") from None
         self.attached.append(probe)
 

@@ -57,9 +57,9 @@ class Probe:
     fn: str
     library: str | None = None  # resolved path, for uprobes
     optional: bool = False
-    #: a uprobe at this virtual address of ``library`` instead of ``target``'s entry (a RET
-    #: inside a function, or a function found without a symbol table); ``target`` then
-    #: only names the place, for messages
+    #: a uprobe or uretprobe at this virtual address of ``library`` instead of ``target``'s
+    #: entry (a RET inside a function, a function found without a symbol table, a static
+    #: function found through a table); ``target`` then only names the place, for messages
     address: int | None = None
 
     @classmethod
