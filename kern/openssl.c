@@ -47,11 +47,11 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     if (!random)
         return;
     u64 random_head = 0;
-    read_user(&random_head, sizeof(random_head), random);
+    if (read_user(&random_head, sizeof(random_head), random) != 0)
+        return;
     u64 *sent = keys_sent.lookup(&key);
     if (sent && *sent == random_head)
         return;
-    keys_sent.update(&key, &random_head);
     u32 slot = scratch_slot();
     struct master_secret_event_t *ev = key_heap.lookup(&slot);
     if (!ev)
@@ -62,22 +62,29 @@ static __always_inline void emit_keys(void *ctx, u64 ssl) {
     ev->timestamp_ns = bpf_ktime_get_ns();
     ev->ssl = ssl;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    read_user(&ev->version, sizeof(ev->version), ssl + SSL_VERSION_OFFSET);
-    read_user(ev->client_random, sizeof(ev->client_random), random);
+    /* A read the kernel refuses (a page unmapped for a moment: see read_user()) leaves the
+     * connection unmarked, so that its next read or write tries again rather than sending
+     * zeros for a secret once and never again. */
+    long failed = read_user(&ev->version, sizeof(ev->version), ssl + SSL_VERSION_OFFSET);
+    failed |= read_user(ev->client_random, sizeof(ev->client_random), random);
     u64 session = 0;
-    read_user(&session, sizeof(session), ssl + OFF_SESSION);
+    failed |= read_user(&session, sizeof(session), ssl + OFF_SESSION);
     if (session) {
-        read_user(ev->master_key, sizeof(ev->master_key), session + OFF_SESSION_MASTER_KEY);
+        failed |= read_user(ev->master_key, sizeof(ev->master_key),
+                            session + OFF_SESSION_MASTER_KEY);
         u64 cipher = 0;
-        read_user(&cipher, sizeof(cipher), session + OFF_SESSION_CIPHER);
+        failed |= read_user(&cipher, sizeof(cipher), session + OFF_SESSION_CIPHER);
         if (cipher)
-            read_user(&ev->cipher_id, sizeof(ev->cipher_id), cipher + OFF_CIPHER_ID);
+            failed |= read_user(&ev->cipher_id, sizeof(ev->cipher_id), cipher + OFF_CIPHER_ID);
     }
-    read_user(ev->handshake_secret, 64, ssl + OFF_HANDSHAKE_SECRET);
-    read_user(ev->handshake_traffic_hash, 64, ssl + OFF_HANDSHAKE_TRAFFIC_HASH);
-    read_user(ev->client_app_traffic_secret, 64, ssl + OFF_CLIENT_APP_TRAFFIC_SECRET);
-    read_user(ev->server_app_traffic_secret, 64, ssl + OFF_SERVER_APP_TRAFFIC_SECRET);
-    read_user(ev->exporter_master_secret, 64, ssl + OFF_EXPORTER_MASTER_SECRET);
+    failed |= read_user(ev->handshake_secret, 64, ssl + OFF_HANDSHAKE_SECRET);
+    failed |= read_user(ev->handshake_traffic_hash, 64, ssl + OFF_HANDSHAKE_TRAFFIC_HASH);
+    failed |= read_user(ev->client_app_traffic_secret, 64, ssl + OFF_CLIENT_APP_TRAFFIC_SECRET);
+    failed |= read_user(ev->server_app_traffic_secret, 64, ssl + OFF_SERVER_APP_TRAFFIC_SECRET);
+    failed |= read_user(ev->exporter_master_secret, 64, ssl + OFF_EXPORTER_MASTER_SECRET);
+    if (failed)
+        return;
+    keys_sent.update(&key, &random_head);
     emit(ctx, ev, sizeof(*ev));
 }
 #endif
