@@ -240,6 +240,8 @@ class Conversations:
         side = self._side(conv, ev)
         conv.last[side] = ev
         self._messages(conv, conv.parser.feed(side, ev.data, ev.timestamp_ns), out)
+        if ev.total_len > len(ev.data):  # a call short of bytes: its stream has a hole
+            self._messages(conv, conv.parser.gap(side, ev.missing, ev.timestamp_ns), out)
 
     def _close(self, key: tuple[int, int], out: list[Event]) -> None:
         conv = self._convs.pop(key, None)

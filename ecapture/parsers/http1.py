@@ -138,6 +138,17 @@ class Http1Parser:
         self._pump(half)
         return self._take()
 
+    def gap(self, side: Side, missing: int, ts_ns: int) -> list[Message]:
+        """``missing`` bytes of ``side`` will never come (lost, or the kernel would not
+        copy them): its messages cannot be framed past them. Said once; that side's bytes
+        from here on come back as RawData."""
+        half = self._client if side == "client" else self._server
+        if missing <= 0 or half.raw or self._closed:
+            return []
+        self._now = ts_ns
+        self._fail(half, f"{missing} bytes missing (lost, or the kernel would not copy them)")
+        return self._take()
+
     def close(self) -> list[Message]:
         """End of capture: finish what a closed connection finishes (a body delimited by the
         close), report unfinished messages with complete=False and leftovers as RawData."""

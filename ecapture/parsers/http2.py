@@ -156,6 +156,21 @@ class Http2Parser:
             d.off = 0
         return out
 
+    def gap(self, side: Side, missing: int, ts_ns: int) -> list[Message]:
+        """``missing`` bytes of ``side`` will never come (lost, or the kernel would not
+        copy them): frames cannot be found past them. Said once; that side's bytes from
+        here on come back as RawData."""
+        d = self._dirs[side]
+        if missing <= 0 or d.broken:
+            return []
+        out: list[Message] = [ProtocolError(side, "http2", f"{missing} bytes missing (lost, "
+                                            "or the kernel would not copy them)", ts_ns)]
+        if len(d.buf) > d.off:
+            out.append(RawData(side, bytes(d.buf[d.off:]), ts_ns))
+        d.broken, d.block, d.buf, d.off = True, None, bytearray(), 0
+        d.chunks.clear()
+        return out
+
     def close(self) -> list[Message]:
         """End of capture: streams still open come out with complete=False."""
         out: list[Message] = []

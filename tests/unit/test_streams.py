@@ -206,3 +206,36 @@ def test_http2_settings_alone_still_waits_for_the_client() -> None:
     preface = data("write", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 3, old)
     out = conv.feed(preface)
     assert not [e for e in out if isinstance(e, TlsData)]  # parsed as HTTP/2, not raw
+
+
+def test_a_call_short_of_bytes_is_said_not_taken_for_the_end_of_the_capture() -> None:
+    """A call whose bytes did not all arrive (a lost chunk, or a read the kernel refused)
+    leaves a hole in its side's stream: the parser is told, which says so once and shows
+    that side's bytes raw from there, instead of an exchange 'incomplete: the capture
+    ended first' long before the capture ended."""
+    from ecapture.exchanges import ProtocolNotice
+
+    c = conn()
+    body = b"x" * 100
+    post = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + body
+    short = replace(data("write", post[:60], 2, c), total_len=len(post))
+    later = data("write", b"more bytes", 3, c)
+    out = run([c, short, later, data("read", RESP, 4, c)])
+    notices = only(ProtocolNotice, out)
+    assert [(n.error.side, n.error.reason) for n in notices] == [
+        ("client", f"{len(post) - 60} bytes missing (lost, or the kernel would not copy them)")]
+    raw = [e for e in only(TlsData, out) if e.direction == "write"]
+    assert b"".join(e.data for e in raw) == post[:60] + b"more bytes"
+    assert not [e for e in only(HttpExchange, out) if e.request is not None
+                and not e.request.complete]
+
+
+def test_an_http2_side_short_of_bytes_goes_raw() -> None:
+    from ecapture.parsers.http2 import Http2Parser
+    from ecapture.parsers.messages import ProtocolError, RawData
+
+    parser = Http2Parser()
+    parser.feed("client", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00", 1)
+    out = parser.gap("client", 4096, 2)
+    assert [type(m) for m in out] == [ProtocolError, RawData]
+    assert parser.feed("client", b"\x00\x00\x00", 3) == [RawData("client", b"\x00\x00\x00", 3)]
