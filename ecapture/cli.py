@@ -365,8 +365,7 @@ def _run_live(args: argparse.Namespace) -> int:
         extra.append(f"recorded {sum(writer.events.values()):,} events, "
                      f"{sum(writer.lost.values()):,} lost and {writer.facts:,} facts to "
                      f"{args.record}")
-    if status[1]:
-        extra.append(status[1])
+    extra += status[1].splitlines()  # the output's lines: the modules' and its own
     _say("summary: " + "\n".join(summary_lines(stats, duration, extra)))
     if drain.error is not None:
         raise drain.error  # the recording holds everything drained before it
@@ -405,7 +404,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         run(source, pipeline)
         pipeline.close()
     if args.stats:
-        _summary(source.stats, time.monotonic() - started, output)
+        _summary(source.stats, time.monotonic() - started, output, pipeline.summary())
     # Last, after everything readable was replayed: one line, whether a kill -9 fell
     # between two records or cut one, so that neither looks like a complete capture.
     notice = replay_notice(str(path), reader.status)
@@ -434,7 +433,7 @@ def _run_output(args: argparse.Namespace) -> int:
             run(RecordingSource(reader), pipeline)
             pipeline.close()
             said = getattr(output, "summary", None)
-            summary = said() if said else ""
+            summary = "\n".join([*pipeline.summary(), *([said()] if said else [])])
     finally:
         if args.summary_fd is not None:
             with os.fdopen(args.summary_fd, "w") as f:

@@ -161,13 +161,19 @@ class Pipeline:
             if tick is not None:
                 tick(now_ns)
 
-    def close(self) -> None:
-        seen: set[int] = set()
+    def _modules(self) -> list[Module]:
+        modules: dict[int, Module] = {}
         for binding in self.bindings.values():
-            if id(binding.module) in seen:
-                continue
-            seen.add(id(binding.module))
-            self._emit(list(binding.module.finish()))
+            modules.setdefault(id(binding.module), binding.module)
+        return list(modules.values())
+
+    def summary(self) -> list[str]:
+        """What the modules add to the summary at exit (see Module.summary)."""
+        return [line for module in self._modules() for line in module.summary()]
+
+    def close(self) -> None:
+        for module in self._modules():
+            self._emit(list(module.finish()))
         if self.conversations is not None:
             self._output(self.conversations.finish())
         for output in self.outputs:

@@ -249,6 +249,11 @@ class Module:
         """End of input: yield whatever is still held back."""
         return iter(())
 
+    def summary(self) -> list[str]:
+        """Lines for the summary at exit, about what the module decoded: what arrived
+        short, for one. Lost events are counted elsewhere, per map."""
+        return []
+
     # -- recording ---------------------------------------------------------------------
     def recorded_options(self) -> dict[str, Any]:
         """Options worth keeping in a recording's metadata (filters, paths)."""

@@ -157,6 +157,10 @@ class TlsLibraryModule(Module):
         # thousand short-lived clients, and one line per program says enough.
         self._seen_comms: set[bytes] = set()
         self._comms: dict[bytes, str] = {}  # raw comm field -> comm_str() of it
+        # Calls whose bytes did not all arrive (a chunk lost, or a read the kernel refused),
+        # and how many bytes they miss: said in the summary, as lost events are.
+        self.short_calls = 0
+        self.missing_bytes = 0
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
@@ -307,6 +311,8 @@ class TlsLibraryModule(Module):
             if fd >= 0:
                 # Still being built: no one else has seen it (see decode).
                 decoded.conn = self._conns.lookup(decoded.pid, fd, decoded.timestamp_ns)
+            if decoded.total_len != len(decoded.data):
+                self._short(decoded)
             held = self._joiner.open
             if held and (decoded.pid, decoded.tid) in held:
                 # A new call ends the thread's unfinished one, which goes out first.
@@ -330,9 +336,23 @@ class TlsLibraryModule(Module):
     def _call(self, first: TlsChunk, data: bytes, ts: int) -> TlsData:
         fd = first.fd
         conn = self._conns.lookup(first.pid, fd, ts) if fd >= 0 else None
-        return TlsData(ts, first.pid, first.tid, first.uid, first.comm, fd, first.version,
+        call = TlsData(ts, first.pid, first.tid, first.uid, first.comm, fd, first.version,
                        first.direction, first.func, first.conn_id, data, first.total_len,
                        conn)
+        if call.total_len != len(data):
+            self._short(call)
+        return call
+
+    def _short(self, call: TlsData) -> None:
+        self.short_calls += 1
+        self.missing_bytes += call.missing
+
+    def summary(self) -> list[str]:
+        if not self.short_calls:
+            return []
+        calls = "call" if self.short_calls == 1 else "calls"
+        return [f"{self.name}: {self.short_calls:,} {calls} short by {self.missing_bytes:,} "
+                "bytes (lost, or the kernel would not copy them)"]
 
     @staticmethod
     def _packet_event(first: PacketChunk, data: bytes) -> Packet:

@@ -431,6 +431,14 @@ def test_lost_events_are_counted_and_reported(capture, https_server: Server) -> 
     big = [e for e in data_events(cap.record) if e.total_len == size]
     delivered = sum(len(e.data) for e in big) // SSL_CHUNK_SIZE
     assert chunks - delivered <= lost <= chunks - delivered + 1
+    # The summary at exit says what that cost in whole calls and bytes, live and in replay.
+    missing = sum(e.missing for e in data_events(cap.record))
+    short = sum(1 for e in data_events(cap.record) if e.missing)
+    said = f"tls: {short:,} call{'s' if short > 1 else ''} short by {missing:,} bytes"
+    assert said in cap.err_path.read_text()
+    stats = subprocess.run([sys.executable, "-m", "ecapture", "replay", "--stats",
+                            str(cap.record)], capture_output=True, text=True, cwd=ROOT)
+    assert said in stats.stderr
 
 
 def test_connection_older_than_the_capture_gets_its_tuple_from_proc(capture,

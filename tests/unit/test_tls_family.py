@@ -95,10 +95,20 @@ def test_unreadable_chunk_marker_reports_the_rest_missing(failed_at: int) -> Non
     total = 4 * TLS_CHUNK_SIZE
     raws = [chunk(b"y" * TLS_CHUNK_SIZE, i * TLS_CHUNK_SIZE, total) for i in range(failed_at)]
     raws.append(chunk(b"", failed_at * TLS_CHUNK_SIZE, total))
-    (call,) = run(raws)
+    module = OpenSSLModule({})
+    (call,) = run(raws, module)
     assert isinstance(call, TlsData)
     assert (len(call.data), call.missing) == (failed_at * TLS_CHUNK_SIZE,
                                               total - failed_at * TLS_CHUNK_SIZE)
+    # ... and the summary at exit counts it, as it counts lost events.
+    assert module.summary() == [f"tls: 1 call short by {call.missing:,} bytes (lost, or the "
+                                "kernel would not copy them)"]
+
+
+def test_whole_calls_add_nothing_to_the_summary() -> None:
+    module = OpenSSLModule({})
+    run([chunk(b"z" * 10, 0, 10), chunk(b"w" * 20, 0, 20)], module)
+    assert module.summary() == []
 
 
 def test_next_call_releases_an_incomplete_one() -> None:
