@@ -125,15 +125,19 @@ def test_filters() -> None:
     assert not EventFilter(until_ns=offset + 1_000_000_000, clock_offset_ns=offset)(ev)
 
 
-def test_json_lines_have_the_documented_fields() -> None:
-    c = conn()
-    out = run([c, data("write", REQ, 2, c), data("read", RESP, 3, c),
-               data("write", b"\xff\xfe", 4, None, ssl=0xC)])
+def json_objects(events: list[object]) -> list[dict]:  # type: ignore[type-arg]
+    """The json model's objects for these events."""
     buf = io.StringIO()
     sink = JsonOutput(buf, 0, tz=dt.UTC)
-    for ev in out:
-        sink.write(ev)
-    objs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    for ev in events:
+        sink.write(ev)  # type: ignore[arg-type]
+    return [json.loads(line) for line in buf.getvalue().splitlines()]
+
+
+def test_json_lines_have_the_documented_fields() -> None:
+    c = conn()
+    objs = json_objects(run([c, data("write", REQ, 2, c), data("read", RESP, 3, c),
+                             data("write", b"\xff\xfe", 4, None, ssl=0xC)]))
     kinds = [o["type"] for o in objs]
     assert kinds == ["conn", "http", "data"]
     http = objs[1]
@@ -151,11 +155,7 @@ def test_unknown_endpoints_are_null_in_json_and_question_marks_in_text() -> None
     unknown = replace(conn(kind="accept"), family=0, laddr="?", lport=0, raddr="?", rport=0)
     out = run([unknown, data("read", REQ, 2, unknown), data("write", RESP, 3, unknown),
                data("write", b"\xff\xfe", 4, None, ssl=0xC)])
-    buf = io.StringIO()
-    sink = JsonOutput(buf, 0, tz=dt.UTC)
-    for ev in out:
-        sink.write(ev)
-    objs = [json.loads(line) for line in buf.getvalue().splitlines()]
+    objs = json_objects(out)
     assert [o["type"] for o in objs] == ["conn", "http", "data"]
     assert (objs[0]["local"], objs[0]["remote"]) == (None, None)
     assert (objs[1]["client"], objs[1]["server"]) == (None, None)
