@@ -19,15 +19,13 @@ import subprocess
 import pytest
 
 from ecapture.modules import openssl
-from ecapture.modules.openssl import (
-    VERSION_RE,
-    OpenSSLModule,
+from ecapture.modules.openssl import VERSION_RE, OpenSSLModule, ssl_version_offset
+from ecapture.modules.openssl_bio import (
     SslBio,
     find_ssl_bio,
     loaded_member,
     returned_address,
     ssl_bio_methods,
-    ssl_version_offset,
 )
 from ecapture.modules.openssl_offsets import V1_1_1_LETTERS, KeyOffsets, key_offsets
 
