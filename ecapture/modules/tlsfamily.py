@@ -49,6 +49,7 @@ from ecapture.modules.base import (
     process_filter_cflags,
     uid_option,
 )
+from ecapture.parsers.messages import MISSING_WHY
 from ecapture.structs.layout import KernelStruct, header_codec
 from ecapture.structs.packets import (
     EVENT_PACKET,
@@ -352,7 +353,7 @@ class TlsLibraryModule(Module):
             return []
         calls = "call" if self.short_calls == 1 else "calls"
         return [f"{self.name}: {self.short_calls:,} {calls} short by {self.missing_bytes:,} "
-                "bytes (lost, or the kernel would not copy them)"]
+                f"bytes ({MISSING_WHY})"]
 
     @staticmethod
     def _packet_event(first: PacketChunk, data: bytes) -> Packet:

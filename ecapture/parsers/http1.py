@@ -31,6 +31,7 @@ from ecapture.parsers.messages import (
     ProtocolError,
     RawData,
     Side,
+    missing_reason,
 )
 
 # Largest header block we accept. We check it ourselves on the parsed head as well as letting
@@ -146,7 +147,7 @@ class Http1Parser:
         if missing <= 0 or half.raw or self._closed:
             return []
         self._now = ts_ns
-        self._fail(half, f"{missing} bytes missing (lost, or the kernel would not copy them)")
+        self._fail(half, missing_reason(missing))
         return self._take()
 
     def close(self) -> list[Message]:

@@ -46,6 +46,7 @@ from ecapture.parsers.messages import (
     ProtocolError,
     RawData,
     Side,
+    missing_reason,
 )
 
 _SIDES: tuple[Side, Side] = ("client", "server")  # the order of a stream's halves
@@ -143,11 +144,7 @@ class Http2Parser:
             self._drain(d, ts_ns, out)
         except (_Broken, HyperframeError, hpack.HPACKError) as exc:
             reason = str(exc) if isinstance(exc, _Broken) else f"{type(exc).__name__}: {exc}"
-            out.append(ProtocolError(side, "http2", reason, ts_ns))
-            if len(d.buf) > d.off:
-                out.append(RawData(side, bytes(d.buf[d.off:]), ts_ns))
-            d.broken, d.block, d.buf, d.off = True, None, bytearray(), 0
-            d.chunks.clear()
+            out += _give_up(d, reason, ts_ns)
         # Drop consumed bytes once they are at least half the buffer: the copy is never
         # longer than what was consumed since the last one, so buffering stays linear.
         if d.off * 2 >= len(d.buf):
@@ -163,13 +160,7 @@ class Http2Parser:
         d = self._dirs[side]
         if missing <= 0 or d.broken:
             return []
-        out: list[Message] = [ProtocolError(side, "http2", f"{missing} bytes missing (lost, "
-                                            "or the kernel would not copy them)", ts_ns)]
-        if len(d.buf) > d.off:
-            out.append(RawData(side, bytes(d.buf[d.off:]), ts_ns))
-        d.broken, d.block, d.buf, d.off = True, None, bytearray(), 0
-        d.chunks.clear()
-        return out
+        return _give_up(d, missing_reason(missing), ts_ns)
 
     def close(self) -> list[Message]:
         """End of capture: streams still open come out with complete=False."""
@@ -353,6 +344,17 @@ class Http2Parser:
         out.append(_message(side, stream_id, half, ts, complete=True))
         if all(h.done for h in self._streams[stream_id]):
             del self._streams[stream_id]
+
+
+def _give_up(d: _Direction, reason: str, ts_ns: int) -> list[Message]:
+    """Stop parsing direction ``d``: the error, once, then its unparsed bytes as RawData;
+    later bytes come back raw as they are fed."""
+    out: list[Message] = [ProtocolError(d.side, "http2", reason, ts_ns)]
+    if len(d.buf) > d.off:
+        out.append(RawData(d.side, bytes(d.buf[d.off:]), ts_ns))
+    d.broken, d.block, d.buf, d.off = True, None, bytearray(), 0
+    d.chunks.clear()
+    return out
 
 
 def _message(side: Side, stream_id: int, half: _Half, end_ns: int,

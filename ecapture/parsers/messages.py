@@ -40,6 +40,16 @@ class HttpResponse:
     side: Side = "server"
 
 
+#: Why a call's bytes stop short (a chunk lost when the buffer was full, or a read the kernel
+#: refused): the words of the parsers' gap() and of the capture's summary.
+MISSING_WHY = "lost, or the kernel would not copy them"
+
+
+def missing_reason(missing: int) -> str:
+    """A ProtocolError's reason for a side with ``missing`` bytes that will never come."""
+    return f"{missing} bytes missing ({MISSING_WHY})"
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolError:
     """Reported once per side; that side's later bytes come as RawData."""
