@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def ldconfig_libraries() -> dict[str, str]:
 
 
 def libraries_of_process(pid: int) -> list[str]:
-    """Paths of the files a process has mapped, as seen from our mount namespace."""
+    """Paths of the files a process has mapped, each reaching the very file it maps: its
+    own path where ours names the same file, else through ``/proc/PID/root`` (a process in
+    another mount namespace, a container, sees other files under the same names)."""
     try:
         maps = Path(f"/proc/{pid}/maps").read_text()
     except OSError as e:
@@ -54,12 +57,39 @@ def libraries_of_process(pid: int) -> list[str]:
     paths: list[str] = []
     for line in maps.splitlines():
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/") and parts[5] not in paths:
+        if len(parts) == 6 and parts[5].startswith("/"):
             path = parts[5].removesuffix(" (deleted)")
-            # A process in another mount namespace (a container) sees other files.
-            rooted = f"/proc/{pid}/root{path}"
-            paths.append(rooted if os.path.exists(rooted) and not os.path.exists(path) else path)
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            reached = reach(pid, path, (os.makedev(major, minor), int(parts[4])))
+            if reached not in paths:
+                paths.append(reached)
     return paths
+
+
+def reach(pid: int, path: str, key: tuple[int, int] | None) -> str:
+    """``path`` as process ``pid`` knows it, named so that we open the same file: ``path``
+    itself when it is that file (device and inode ``key``), else ``/proc/PID/root/path``."""
+    if key is not None and file_key(path) == key:
+        return path
+    return f"/proc/{pid}/root{path}"
+
+
+def real_path(path: str) -> str:
+    """The path a uprobe goes on: symbolic links resolved, except for a path reached
+    through ``/proc/PID/root``, whose link would resolve to our own root, not the
+    process's (the kernel resolves it on open)."""
+    if re.match(r"/proc/\d+/root/", path):
+        return path
+    return os.path.realpath(path)
+
+
+def process_executable(pid: int) -> str:
+    """The path that reaches a process's executable (see :func:`reach`); "" if unknown."""
+    try:
+        path = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        return reach(pid, path, file_key(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""
 
 
 def find_library(patterns: Iterable[str], pid: int | None = None) -> str | None:
@@ -105,11 +135,8 @@ def locate_library(patterns: Iterable[str], symbols: Iterable[str], what: str,
         for rx in regexes:
             for path in mapped:
                 if rx.fullmatch(os.path.basename(path)):
-                    return os.path.realpath(path)
-        try:
-            exe = os.path.realpath(f"/proc/{pid}/exe")
-        except OSError:
-            exe = ""
+                    return real_path(path)
+        exe = process_executable(pid)
         if exe and os.path.isfile(exe):
             try:
                 defined = elf_symbols(exe)
@@ -268,3 +295,142 @@ def disassembler(machine: str) -> Any:
     if machine == "EM_X86_64":
         return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     raise ValueError(f"no disassembler for {machine}")
+
+
+# -- library files in use, across mount namespaces ---------------------------------------
+
+@dataclass
+class MappedFile:
+    """One library file (device and inode) that running processes map. ``path`` is the
+    name the first process seen with it knows it by, inside its own mount namespace;
+    ``open_path`` reaches that file from ours (``/proc/PID/root/<path>``), which is what a
+    uprobe is attached to: uprobes attach to inodes, so each copy needs its own."""
+
+    dev: int
+    ino: int
+    path: str
+    open_path: str
+    mntns: int | None
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+
+def mount_namespace(pid: int) -> int | None:
+    """The inode number of a process's mount namespace (what ``lsns`` shows)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def cgroup_of(pid: int) -> str | None:
+    """A process's cgroup path (the unified hierarchy's, else the first listed)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    paths = [line.split(":", 2) for line in lines if line.count(":") >= 2]
+    for hierarchy, _, path in paths:
+        if hierarchy == "0":
+            return path
+    return paths[0][2] if paths else None
+
+
+def running_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(root: int) -> set[int]:
+    """``root`` and every process below it, by the parents /proc/PID/stat gives."""
+    children: dict[int, list[int]] = {}
+    for pid in running_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        # "PID (COMM) STATE PPID ...": the comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def mapped_files(pid: int, patterns: Iterable[str]) -> list[MappedFile]:
+    """The files one process maps whose names match one of ``patterns`` (regexes, whole
+    name), one entry per device and inode (the maps line's own, so no stat of the file is
+    needed to tell copies apart). [] when the process is gone."""
+    regexes = [re.compile(p) for p in patterns]
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    found: dict[tuple[int, int], MappedFile] = {}
+    mntns = None
+    for line in maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not parts[5].startswith("/"):
+            continue
+        path = parts[5]
+        if path.endswith(" (deleted)"):
+            continue  # replaced since it was mapped: no name reaches that inode any more
+        name = path.rsplit("/", 1)[-1]
+        if not any(rx.fullmatch(name) for rx in regexes):
+            continue
+        major, minor = (int(x, 16) for x in parts[3].split(":"))
+        key = (os.makedev(major, minor), int(parts[4]))
+        if key in found:
+            continue
+        if mntns is None:
+            mntns = mount_namespace(pid)
+        found[key] = MappedFile(key[0], key[1], path, reach(pid, path, key), mntns, {pid})
+    return list(found.values())
+
+
+def files_in_use(patterns: Iterable[str], pids: Iterable[int] | None = None
+                 ) -> list[MappedFile]:
+    """Every distinct file matching ``patterns`` that the processes ``pids`` (default:
+    all) map, with the processes that map it; in the order first seen."""
+    patterns = tuple(patterns)
+    merged: dict[tuple[int, int], MappedFile] = {}
+    for pid in sorted(running_pids() if pids is None else pids):
+        for mapped in mapped_files(pid, patterns):
+            known = merged.get(mapped.key)
+            if known is None:
+                merged[mapped.key] = mapped
+            else:
+                known.pids.add(pid)
+    return list(merged.values())
+
+
+def file_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def quick_build_id(path: str) -> str | None:
+    """The GNU build-id from the program headers' notes alone: a few small reads, where
+    :func:`build_id` parses every section (and the symbol tables) of the file."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for segment in elf.iter_segments():
+                if segment["p_type"] != "PT_NOTE":
+                    continue
+                for note in segment.iter_notes():  # type: ignore[attr-defined]
+                    if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                        return str(note["n_desc"])
+    except (OSError, ELFError, IndexError, struct.error):
+        return None
+    return None

@@ -46,6 +46,8 @@ from ecapture.targets import (
     find_library,
     libraries_of_process,
     needed_libraries,
+    process_executable,
+    real_path,
 )
 
 LIBSSL_PATTERNS = (r"libssl\.so(\.\d+)*",)
@@ -79,8 +81,8 @@ def find_boringssl(pid: int | None = None) -> str | None:
         rx = re.compile(LIBSSL_PATTERNS[0])
         for path in libraries_of_process(pid):
             if rx.fullmatch(os.path.basename(path)) and is_boringssl(path):
-                return os.path.realpath(path)
-        exe = os.path.realpath(f"/proc/{pid}/exe")
+                return real_path(path)
+        exe = process_executable(pid)
         return exe if os.path.isfile(exe) and is_boringssl(exe) else None
     for path in KNOWN_PLACES:
         if os.path.exists(path) and is_boringssl(path):
@@ -199,14 +201,14 @@ class BoringSSLModule(OpenSSLModule):
             raise ConfigError(f"--android-release {release}: known releases are "
                               f"{_RELEASE_NAMES}")
 
-    def init(self) -> None:
+    def inspect(self) -> None:
         pid = self.config.get("pid")
         path = self.config.get("libssl") or find_boringssl(pid)
         if path is None:
             where = f"process {pid} maps" if pid is not None else "this system has"
             raise AttachError(f"{where} no BoringSSL libssl: install it (apt-get install "
                               "android-libboringssl) or pass --libssl PATH")
-        path = os.path.realpath(path)
+        path = real_path(path)
         if "SSL_read" not in elf_symbols(path):
             raise AttachError(f"symbol SSL_read not found in {path}: pass --libssl with "
                               "BoringSSL's libssl, or a binary that links it with symbols")
@@ -239,7 +241,7 @@ class BoringSSLModule(OpenSSLModule):
                           *(p for p in mapped if os.path.basename(p) == needed)]
             for candidate in candidates:
                 if os.path.exists(candidate) and "HKDF_expand" in elf_symbols(candidate):
-                    return os.path.realpath(candidate)
+                    return real_path(candidate)
         return None
 
     def _keys_possible(self) -> bool:

@@ -39,7 +39,7 @@ from ecapture.structs.gotls import (
     UNREAD_SECRET,
 )
 from ecapture.structs.layout import header_codec
-from ecapture.targets import build_id
+from ecapture.targets import build_id, process_executable, real_path
 
 READ = "crypto/tls.(*Conn).Read"
 WRITE = "crypto/tls.(*Conn).Write"
@@ -104,7 +104,7 @@ class GoTLSModule(TlsLibraryModule):
         # recording's facts (apply): the constants crypto/tls passes, a handful per program
         self._labels: dict[tuple[int, int], str] = {}
 
-    def init(self) -> None:
+    def inspect(self) -> None:
         path = self._executable()
         # With --pid alone the "library" is the process's executable: say so in the words
         # every TLS module uses for a process without its library.
@@ -141,16 +141,17 @@ class GoTLSModule(TlsLibraryModule):
                               "--pid PID of a running one")
         if not path:
             try:
-                path = os.readlink(f"/proc/{pid}/exe")
+                seen = os.readlink(f"/proc/{pid}/exe")
             except OSError as e:
                 raise ConfigError(f"--pid {pid}: cannot read its executable "
                                   f"({e.strerror})") from None
-            # Seen from this mount namespace: a deleted or replaced file is not the one
-            # running, and a uprobe on it would never fire.
-            if path.endswith(" (deleted)"):
-                raise AttachError(f"--pid {pid}: its executable {path} was deleted or "
+            # A deleted or replaced file is not the one running, and a uprobe on whatever
+            # has its name now would never fire.
+            if seen.endswith(" (deleted)"):
+                raise AttachError(f"--pid {pid}: its executable {seen} was deleted or "
                                   "replaced since it started; restart it or pass -e")
-        return os.path.realpath(path)
+            return process_executable(int(str(pid)))  # via /proc/PID/root in a container
+        return real_path(path)
 
     def require_keys(self) -> None:
         if self.write_key_log is None:

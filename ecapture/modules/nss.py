@@ -21,7 +21,14 @@ from typing import Any
 from ecapture.errors import AttachError, ConfigError
 from ecapture.modules.base import Option, Probe, Target
 from ecapture.modules.tlsfamily import FAMILY_OPTIONS, TlsLibraryModule
-from ecapture.targets import build_id, elf_symbols, find_library, locate_library, scan_version
+from ecapture.targets import (
+    build_id,
+    elf_symbols,
+    find_library,
+    locate_library,
+    real_path,
+    scan_version,
+)
 
 # libnspr4 first; Firefox and Thunderbird fold NSPR (and libssl3) into their own libnss3.
 LIBNSPR_PATTERNS = (r"libnspr4\.so", r"libnss3\.so")
@@ -63,7 +70,7 @@ class NSSModule(TlsLibraryModule):
         self.libssl3: str | None = None
         self.version: str | None = None
 
-    def init(self) -> None:
+    def inspect(self) -> None:
         path, _ = self.resolve_library(
             LIBNSPR_PATTERNS, REQUIRED, "NSPR (libnspr4)",
             ": install NSS (apt-get install libnss3) or pass --nspr PATH")
@@ -92,7 +99,7 @@ class NSSModule(TlsLibraryModule):
                 continue
             try:
                 if HANDSHAKE in elf_symbols(candidate):
-                    return os.path.realpath(candidate)
+                    return real_path(candidate)
             except AttachError:
                 continue
         return None
