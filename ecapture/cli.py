@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comm", help="only events of processes with this command name")
     p.add_argument("--port", type=int, help="only connections with this port at either end")
     p.add_argument("--host", help="only connections with this IP address at either end")
+    p.add_argument("--mntns", type=int, metavar="INODE", help="only events of processes in "
+                   "this mount namespace (a container; the number the events show, as lsns "
+                   "does)")
+    p.add_argument("--cgroup", metavar="PATH", help="only events of processes in this cgroup "
+                   "or one below it (a container's, e.g. /system.slice/docker-ID.scope)")
     p.add_argument("--since", metavar="TIME", help="only events at or after this wall-clock "
                    "time (ISO 8601, e.g. 2026-11-24T15:55:23; naive means local time)")
     p.add_argument("--until", metavar="TIME", help="only events at or before this time")
@@ -328,9 +333,10 @@ def _run_live(args: argparse.Namespace) -> int:
         drain = Drain(session, writer, stats, output)
         drain.start()
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
-        _say(f"{module.name}: {len(session.attached)} probes attached to "
-             f"{', '.join(t.path for t in module.targets) or '-'} ({buffer}) in "
-             f"{_since_launch(launched):.1f} s; Ctrl-C to stop")
+        files = [t.path for t in module.targets]
+        where = ", ".join(files) if len(files) <= 2 else f"{len(files)} files"
+        _say(f"{module.name}: {len(session.attached)} probes attached to {where or '-'} "
+             f"({buffer}) in {_since_launch(launched):.1f} s; Ctrl-C to stop")
         for note in [*module.notes, *session.notes]:
             _say(note)
         on_terminal = sys.stdout.isatty() and args.model in ("text", "json")
@@ -395,6 +401,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         meta = reader.metadata
         accept = EventFilter(
             pid=args.pid, comm=args.comm, port=args.port, host=args.host,
+            mntns=args.mntns, cgroup=args.cgroup,
             since_ns=parse_when(args.since) if args.since else None,
             until_ns=parse_when(args.until) if args.until else None,
             clock_offset_ns=int(meta.get("clock_offset_ns", 0)))

@@ -83,6 +83,12 @@ class Event:
         """The connection this event travelled on, when ``network`` is "connection"."""
         return None
 
+    @property
+    def where(self) -> Place | None:
+        """Which container (mount namespace, cgroup) the process was in; None: not known
+        (modules that do not look say nothing)."""
+        return None
+
     def text(self, style: Style) -> str:
         """The text model: by default one line, the time then :meth:`text_line`; "" shows
         nothing (secrets and packets have models of their own)."""
@@ -139,6 +145,34 @@ class LostNotice(Event):
         return {"module": self.module, "map": self.map_name, "count": self.count}
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a process ran: its mount namespace and cgroup, and whether that namespace is
+    the capturing ecapture's own (the host's, as a rule). A container is told by them."""
+
+    mntns: int | None
+    cgroup: str | None
+    host: bool
+
+    def label(self) -> str:
+        """The text model's mark, after the process: "" on the host."""
+        if self.host:
+            return ""
+        cgroup = f" cgroup {self.cgroup}" if self.cgroup not in (None, "", "/") else ""
+        return f"  [mntns {self.mntns if self.mntns is not None else '?'}{cgroup}]"
+
+    def fields(self) -> dict[str, Any]:
+        return {"mntns": self.mntns, "cgroup": self.cgroup}
+
+
+NO_PLACE = {"mntns": None, "cgroup": None}
+
+
+def place_fields(place: Place | None) -> dict[str, Any]:
+    """The json model's "mntns" and "cgroup": null where not known."""
+    return NO_PLACE if place is None else place.fields()
+
+
 def lost_notice(recv_ns: int, module: str, map_name: str, count: int) -> LostNotice:
     return LostNotice(recv_ns, 0, 0, 0, "", module, map_name, count)
 
@@ -189,6 +223,16 @@ class OnConnection:
     def connection(self) -> Conn | None:
         return self.conn
 
+    @property
+    def where(self) -> Place | None:
+        conn = self.conn
+        return None if conn is None else conn.place
+
+
+def place_label(conn: Conn | None) -> str:
+    """The text model's container mark of an event on ``conn``: "" on the host."""
+    return "" if conn is None or conn.place is None else conn.place.label()
+
 
 @dataclass(slots=True)
 class Conn(Event):
@@ -203,6 +247,7 @@ class Conn(Event):
     lport: int
     raddr: str
     rport: int
+    place: Place | None = None
 
     json_type: ClassVar[str] = "conn"
     network: ClassVar[Network] = "connection"
@@ -210,6 +255,10 @@ class Conn(Event):
     @property
     def connection(self) -> Conn:
         return self
+
+    @property
+    def where(self) -> Place | None:
+        return self.place
 
     @property
     def local(self) -> str | None:
@@ -221,6 +270,8 @@ class Conn(Event):
 
     def text_line(self) -> str:
         who = f"{self.comm} pid {self.pid} fd {self.fd}"
+        if self.place is not None:
+            who += self.place.label()
         if self.kind == "close":
             return f"{who}  CLOSE"
         local, remote = shown(self.local), shown(self.remote)
@@ -231,7 +282,8 @@ class Conn(Event):
 
     def json_fields(self) -> dict[str, Any]:
         return {"event": self.kind, "pid": self.pid, "tid": self.tid, "uid": self.uid,
-                "comm": self.comm, "fd": self.fd, **endpoints(self)}
+                "comm": self.comm, "fd": self.fd, **endpoints(self),
+                **place_fields(self.place)}
 
 
 @dataclass(slots=True)
@@ -247,8 +299,13 @@ class TlsData(OnConnection, Event):
     data: bytes
     total_len: int  # what the call returned; len(data) is smaller only if chunks were lost
     conn: Conn | None = None
+    place: Place | None = None
 
     json_type: ClassVar[str] = "data"
+
+    @property
+    def where(self) -> Place | None:
+        return self.place
 
     @property
     def version_name(self) -> str:
@@ -269,7 +326,7 @@ class TlsData(OnConnection, Event):
         calls on this connection."""
         conn = self.conn
         key = (model, self.pid, self.tid, self.uid, self.comm, self.fd, self.version,
-               self.direction, self.func, id(conn))
+               self.direction, self.func, id(conn), self.place)
         memo = style.memo
         shared = memo.get(key)
         if shared is None or shared[0] is not conn:
@@ -301,14 +358,15 @@ class TlsData(OnConnection, Event):
         else:
             tuple_ = "? -> ?"
         what = "WRITE" if self.direction == "write" else "READ"
+        where = self.place.label() if self.place is not None else ""
         return (f"  {self.comm}  pid {self.pid} tid {self.tid} uid {self.uid}  fd {self.fd}  "
-                f"{self.version_name}\n    {tuple_}  {what} ", f"  [{self.func}]\n")
+                f"{self.version_name}{where}\n    {tuple_}  {what} ", f"  [{self.func}]\n")
 
     def json_fields(self) -> dict[str, Any]:
         return {"pid": self.pid, "tid": self.tid, "uid": self.uid, "comm": self.comm,
                 "fd": self.fd, "tls_version": self.version_name, "direction": self.direction,
-                "func": self.func, **endpoints(self.conn), "length": len(self.data),
-                "missing": self.missing, "data": self.data}
+                "func": self.func, **endpoints(self.conn), **place_fields(self.place),
+                "length": len(self.data), "missing": self.missing, "data": self.data}
 
     def json_line(self, style: Style) -> str:
         """:meth:`json` encoded, byte for byte, built directly: a dict and the generic
@@ -328,11 +386,14 @@ class TlsData(OnConnection, Event):
         """The json fields from "pid" to "remote", with the ", " after them."""
         ends = endpoints(self.conn)
         local, remote = json_text(ends["local"]), json_text(ends["remote"])
+        where = place_fields(self.place)
+        mntns, cgroup = json_text(where["mntns"]), json_text(where["cgroup"])
         return (f'"pid": {self.pid}, "tid": {self.tid}, "uid": {self.uid}, '
                 f'"comm": {json_str(self.comm)}, "fd": {self.fd}, '
                 f'"tls_version": {json_str(self.version_name)}, '
                 f'"direction": {json_str(self.direction)}, "func": {json_str(self.func)}, '
-                f'"local": {local}, "remote": {remote}, ',)
+                f'"local": {local}, "remote": {remote}, "mntns": {mntns}, '
+                f'"cgroup": {cgroup}, ',)
 
 
 @dataclass(slots=True)
@@ -353,6 +414,41 @@ class OtherLibrary(Event):
     def json_fields(self) -> dict[str, Any]:
         return {"pid": self.pid, "comm": self.comm, "library": self.library,
                 "module": self.module}
+
+
+@dataclass(slots=True)
+class LibraryAttached(Event):
+    """A library file first mapped by a process that started during the capture (a new
+    container's copy) got its probes ``after_ms`` after that process started, or could not
+    (``refused`` says why). Until then its plaintext is not captured: this says so, in the
+    recording and on screen. The process fields are the starting process's; the time is
+    when the attach ended, on the kernel's clock."""
+
+    path: str  # as the process knows it
+    mntns: int | None
+    version: str | None
+    build_id: str | None
+    after_ms: float
+    refused: str | None = None
+
+    json_type: ClassVar[str] = "attached"
+    filtered: ClassVar[bool] = False
+    kernel_time: ClassVar[bool] = False
+
+    def text_line(self) -> str:
+        where = f" in mntns {self.mntns}" if self.mntns is not None else ""
+        version = f" ({self.version})" if self.version else ""
+        if self.refused is not None:
+            return (f"NOT ATTACHED {self.path}{version}{where}, mapped by {self.comm} pid "
+                    f"{self.pid}: {self.refused}")
+        return (f"ATTACHED {self.path}{version}{where} {self.after_ms:.1f} ms after "
+                f"{self.comm} pid {self.pid} started: what it sent before then is not "
+                "captured")
+
+    def json_fields(self) -> dict[str, Any]:
+        return {"path": self.path, "mntns": self.mntns, "version": self.version,
+                "build_id": self.build_id, "pid": self.pid, "comm": self.comm,
+                "after_ms": round(self.after_ms, 3), "refused": self.refused}
 
 
 @dataclass(slots=True)

@@ -7,7 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from ecapture.events import Conn, Event, OnConnection, endpoints, shown
+from ecapture.events import (
+    Conn,
+    Event,
+    OnConnection,
+    endpoints,
+    place_fields,
+    place_label,
+    shown,
+)
 from ecapture.parsers.messages import Http2Frame, HttpRequest, HttpResponse, ProtocolError, Side
 from ecapture.render import Style, json_bytes
 
@@ -86,9 +94,9 @@ class HttpExchange(OnConnection, Event):
             f"HTTP/{msg.http_version if msg else '?'}"
         stream = f" stream {self.stream_id}" if self.stream_id is not None else ""
         latency = f"  {self.latency_ns / 1e6:.3f} ms" if self.latency_ns is not None else ""
-        lines = [f"=== {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid}  "
-                 f"{shown(client)} -> {shown(server)}  {version}{stream}{latency}  "
-                 f"({self.role} side)"]
+        lines = [f"=== {style.when(self.timestamp_ns)}  {self.comm}  pid {self.pid}"
+                 f"{place_label(self.conn)}  {shown(client)} -> {shown(server)}  {version}"
+                 f"{stream}{latency}  ({self.role} side)"]
         if self.request is not None:
             lines += _message_lines(">", self.request, style)
         else:
@@ -105,8 +113,8 @@ class HttpExchange(OnConnection, Event):
         client, server = client_server(self.conn, self.role)
         return {"pid": self.pid, "comm": self.comm, "protocol": self.protocol,
                 "role": self.role, "client": client, "server": server,
-                "stream_id": self.stream_id, "latency_ns": self.latency_ns,
-                "request": _message_json(self.request),
+                **place_fields(self.where), "stream_id": self.stream_id,
+                "latency_ns": self.latency_ns, "request": _message_json(self.request),
                 "informational": [_message_json(i) for i in self.informational],
                 "response": _message_json(self.response)}
 
@@ -122,13 +130,15 @@ class ProtocolNotice(OnConnection, Event):
 
     def text_line(self) -> str:
         err = self.error
-        return (f"{self.comm} pid {self.pid}  {err.protocol} parse error in the {err.side}'s "
+        return (f"{self.comm} pid {self.pid}{place_label(self.conn)}  {err.protocol} parse "
+                f"error in the {err.side}'s "
                 f"data: {err.reason}; its bytes follow raw")
 
     def json_fields(self) -> dict[str, Any]:
         err = self.error
         return {"pid": self.pid, "comm": self.comm, **endpoints(self.conn),
-                "protocol": err.protocol, "side": err.side, "reason": err.reason}
+                **place_fields(self.where), "protocol": err.protocol, "side": err.side,
+                "reason": err.reason}
 
 
 @dataclass(slots=True)
@@ -144,11 +154,13 @@ class FrameNotice(OnConnection, Event):
         f = self.frame
         extra = f" {f.detail}" if f.detail else ""
         flags = f" [{','.join(f.flags)}]" if f.flags else ""
-        return (f"{self.comm} pid {self.pid}  HTTP/2 {f.type} from {f.side}, "
+        return (f"{self.comm} pid {self.pid}{place_label(self.conn)}  HTTP/2 {f.type} from "
+                f"{f.side}, "
                 f"stream {f.stream_id}{flags}{extra}")
 
     def json_fields(self) -> dict[str, Any]:
         f = self.frame
-        return {"pid": self.pid, "comm": self.comm, **endpoints(self.conn), "side": f.side,
+        return {"pid": self.pid, "comm": self.comm, **endpoints(self.conn),
+                **place_fields(self.where), "side": f.side,
                 "frame": f.type, "stream_id": f.stream_id, "flags": list(f.flags),
                 "detail": f.detail}

@@ -42,6 +42,8 @@ class EventFilter:
     comm: str | None = None
     port: int | None = None
     host: str | None = None
+    mntns: int | None = None
+    cgroup: str | None = None  # this cgroup or one below it
     since_ns: int | None = None  # wall clock, ns since the epoch
     until_ns: int | None = None
     clock_offset_ns: int = 0
@@ -49,12 +51,32 @@ class EventFilter:
     def __post_init__(self) -> None:
         if self.host is not None:
             self.host = _normal_host(self.host)
+        if self.cgroup is not None:
+            self.cgroup = "/" + self.cgroup.strip("/")
         self._passed: set[tuple[int, int]] = set()  # (pid, fd) of connections let through
 
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.pid, self.comm, self.port, self.host,
-                                           self.since_ns, self.until_ns))
+                                           self.mntns, self.cgroup, self.since_ns,
+                                           self.until_ns))
+
+    def _in_place(self, event: Event) -> bool:
+        """Whether the event's process ran in the --mntns and --cgroup asked for. An event
+        that does not say where (another module's, or a process gone before it was looked
+        up) is not let through: the filter asks for one place."""
+        place = event.where
+        if place is None:
+            return False
+        if self.mntns is not None and place.mntns != self.mntns:
+            return False
+        if self.cgroup is not None:
+            cgroup = place.cgroup
+            if cgroup is None:
+                return False
+            return self.cgroup == "/" or cgroup == self.cgroup or \
+                cgroup.startswith(self.cgroup + "/")
+        return True
 
     def __call__(self, event: Event) -> bool:
         if not event.filtered:
@@ -63,6 +85,9 @@ class EventFilter:
             if self.pid is not None and event.pid != self.pid:
                 return False
             if self.comm is not None and event.comm != self.comm:
+                return False
+            if (self.mntns is not None or self.cgroup is not None) and \
+                    not self._in_place(event):
                 return False
         wall = event.timestamp_ns + self.clock_offset_ns
         if self.since_ns is not None and wall < self.since_ns:

@@ -304,7 +304,7 @@ class Conversations:
         sent_by_us = raw.side == conv.role
         return TlsData(raw.ts_ns, t.pid, t.tid, t.uid, t.comm, t.fd, t.version,
                        "write" if sent_by_us else "read", t.func, t.conn_id, raw.data,
-                       len(raw.data), t.conn)
+                       len(raw.data), t.conn, t.place)
 
 
 def _not_http(data: bytes) -> bool:

@@ -60,7 +60,9 @@ METADATA_KEYS = {
     "machine": "machine (uname -m)",
     "command_line": "argv as a list of strings",
     "clock_offset_ns": "CLOCK_REALTIME - CLOCK_MONOTONIC at start, in ns",
-    "modules": "[{'name', 'targets': [{'path', 'version', 'build_id'}], ...}]",
+    "modules": "[{'name', 'targets': [{'path', 'version', 'build_id', and for a library "
+               "found in use: 'mntns', 'seen_as' (its path in that namespace), "
+               "'processes'}], ...}]",
     "maps": "[{'id', 'module', 'name', 'struct', 'fingerprint', ...}], id = Record.map_id",
     "filters": "the pid/uid/... filters in effect",
 }

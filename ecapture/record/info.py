@@ -141,7 +141,9 @@ def _modules(value: Any) -> str:
         targets = [
             " ".join(
                 [str(t.get("path", "?"))]
-                + [f"{k}={t[k]}" for k in ("version", "build_id") if t.get(k)]
+                + [f"{k}={t[k]}" for k in ("seen_as", "mntns", "processes", "version",
+                                           "build_id")
+                   if t.get(k) is not None and t.get(k) != t.get("path")]
             )
             for t in mod.get("targets") or []
             if isinstance(t, dict)
