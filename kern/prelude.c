@@ -88,8 +88,41 @@ static __always_inline u32 scratch_slot(void) {
     return slot;
 }
 
+/* --pid: that process alone; with FOLLOW_CHILDREN also every process below it up to
+ * FOLLOW_DEPTH generations (a container's init and what it starts later), through the
+ * parents at the offsets the running kernel's BTF gave (KOFF_*: the headers bcc compiles
+ * against may be another kernel's). Callers pass the current task's id. */
+#ifndef FOLLOW_DEPTH
+#define FOLLOW_DEPTH 8
+#endif
+static __always_inline int traced_pid(u32 tgid) {
+    if (tgid == TARGET_PID)
+        return 1;
+#if defined(FOLLOW_CHILDREN) && defined(KOFF_TASK_REAL_PARENT) && defined(KOFF_TASK_TGID)
+    u64 task = bpf_get_current_task();
+#pragma unroll
+    for (int i = 0; i < FOLLOW_DEPTH; i++) {
+        u64 parent = 0;
+        u32 ptgid = 0;
+#if HAVE_PROBE_READ_USER
+        bpf_probe_read_kernel(&parent, sizeof(parent), (void *)(task + KOFF_TASK_REAL_PARENT));
+        bpf_probe_read_kernel(&ptgid, sizeof(ptgid), (void *)(parent + KOFF_TASK_TGID));
+#else
+        bpf_probe_read(&parent, sizeof(parent), (void *)(task + KOFF_TASK_REAL_PARENT));
+        bpf_probe_read(&ptgid, sizeof(ptgid), (void *)(parent + KOFF_TASK_TGID));
+#endif
+        if (ptgid == TARGET_PID)
+            return 1;
+        if (ptgid <= 1 || parent == task)
+            return 0;
+        task = parent;
+    }
+#endif
+    return 0;
+}
+
 static __always_inline int traced(u64 pid_tgid, u32 uid) {
-    if (TARGET_PID != 0 && (u32)(pid_tgid >> 32) != TARGET_PID)
+    if (TARGET_PID != 0 && !traced_pid((u32)(pid_tgid >> 32)))
         return 0;
     if (TARGET_UID != 0xffffffff && uid != TARGET_UID)
         return 0;

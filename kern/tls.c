@@ -725,3 +725,22 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     }
     return 0;
 }
+
+#if WATCH_EXEC
+/* A traced process started a program. What it will map is not mapped yet (the dynamic
+ * loader runs after this): user space reads it from /proc next, while the loader works. */
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 uid = (u32)bpf_get_current_uid_gid();
+    if (!traced(id, uid))
+        return 0;
+    struct exec_event_t ev = {};
+    ev.kind = TLS_EVENT_EXEC;
+    ev.pid = id >> 32;
+    ev.timestamp_ns = bpf_ktime_get_ns();
+    ev.uid = uid;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    emit(args, &ev, sizeof(ev));
+    return 0;
+}
+#endif

@@ -14,6 +14,7 @@
 enum tls_event_kind {
     TLS_EVENT_DATA = 1,
     TLS_EVENT_CONN = 2,
+    TLS_EVENT_EXEC = 8, /* 3 to 7 are libraries' own */
 };
 
 enum tls_direction {
@@ -71,6 +72,17 @@ struct conn_event_t {
     __u8 raddr[16];
     char comm[ECAP_COMM_LEN];
     __u32 reserved2;    /* explicit tail padding: sizeof is a multiple of 8 */
+};
+
+/* A traced process started a program (sched_process_exec): user space looks at what it
+ * maps, and attaches to a library file that no probe is on yet (a container's copy). */
+struct exec_event_t {
+    __u32 kind;         /* TLS_EVENT_EXEC */
+    __u32 pid;
+    __u64 timestamp_ns;
+    __u32 uid;
+    __u32 reserved;
+    char comm[ECAP_COMM_LEN];
 };
 
 #endif

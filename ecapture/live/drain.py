@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ecapture import procnet
+from ecapture.live.newprocs import NewProcesses
 from ecapture.live.output import OutputProcess
 from ecapture.live.session import RINGBUF_CPU, LiveSession, Reader
 from ecapture.record import Fact, Item, Lost, Record
@@ -50,6 +51,8 @@ class Drain(threading.Thread):
         self._stop_event = threading.Event()
         self._dropped_seen: dict[int, int] = {}
         self._last_drops = 0
+        # Processes started during the capture may bring library files to attach to.
+        self.newprocs = NewProcesses(session) if session.module.watching else None
 
     def stop(self) -> None:
         """Stop capturing: drain what is left, detach, close the recording."""
@@ -63,6 +66,8 @@ class Drain(threading.Thread):
         with contextlib.suppress(OSError):  # not root, or not Linux: keep the default
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         poller = select.epoll()
+        if self.newprocs is not None:
+            self.newprocs.start()
         try:
             for reader in self.session.readers:
                 for fd in reader.fds():
@@ -70,6 +75,9 @@ class Drain(threading.Thread):
             while not self._stop_event.is_set():
                 poller.poll(WAIT_S)
                 self._drain()
+            if self.newprocs is not None:
+                self.newprocs.stop()
+                self.newprocs.join()
             self._drain()  # what arrived before the stop
             drops: list[Item] = []
             self._count_drops(drops)
@@ -80,6 +88,8 @@ class Drain(threading.Thread):
         except BaseException as e:  # reported by the main thread, with the data kept
             self.error = e
         finally:
+            if self.newprocs is not None:
+                self.newprocs.stop()
             poller.close()
             self.ended_ns = time.monotonic_ns()
             with contextlib.suppress(Exception):
@@ -91,6 +101,13 @@ class Drain(threading.Thread):
         batch: list[Item] = []
         for reader in self.session.readers:
             self._read(reader, now, batch)
+        facts = self.session.facts
+        if facts and self.session.readers:
+            map_id = self.session.readers[0].binding.map_id  # the module's first map's
+            while facts:
+                what, fields = facts.popleft()
+                batch.append(Fact(map_id, now, what, fields))
+                self.stats.facts += 1
         if now - self._last_drops >= DROPS_EVERY_NS:
             self._count_drops(batch)
         self._write(batch)
@@ -123,10 +140,13 @@ class Drain(threading.Thread):
                 counts.lost += count
         else:
             return
+        newprocs = self.newprocs
         for cpu, data in samples:
             for what, fields in observe(data, lookup):
                 append(Fact(map_id, now, what, fields))
                 self.stats.facts += 1
+                if newprocs is not None and what == "process":
+                    newprocs.seen(fields)
             append(Record(map_id, cpu, now, data))
         counts.events += len(samples)
         counts.bytes += sum(len(data) for _, data in samples)

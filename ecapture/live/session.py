@@ -9,10 +9,12 @@ signals (bcc's cleanup closes every probe fd it opened; TC filters are removed).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from ecapture.live.btf import member_offsets
 from ecapture.live.perfbuf import PerfBufferReader
 from ecapture.live.ringbuf import RingBufferReader
 from ecapture.live.tc import TcAttachments
-from ecapture.modules.base import Features, Module, Probe, Program
+from ecapture.modules.base import Features, Module, Observation, Probe, Program
 from ecapture.pipeline import Binding
 from ecapture.targets import elf_symbols
 
@@ -111,6 +113,12 @@ class LiveSession:
         self._tc = TcAttachments()
         self._filter_fds: list[int] = []
         self._detached = False
+        #: what the live layer learned while the capture ran (a library attached late), for
+        #: the drain thread to record: appended by other threads, taken by the drain's
+        self.facts: collections.deque[Observation] = collections.deque()
+        # Attaching while the drain thread reads the counters: bcc's tables are not meant
+        # for two threads at once, and a detach must not race a late attach.
+        self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
     def init(self) -> None:
@@ -202,23 +210,56 @@ class LiveSession:
                     bpf.attach_tracepoint(tp=probe.target.encode(), fn_name=probe.fn.encode())
                 self.attached.append(probe)
                 continue
-            assert probe.library is not None
-            if probe.address is not None:
-                self._attach_address(bpf, probe)
-                continue
-            if probe.target not in elf_symbols(probe.library):
-                if probe.optional:
-                    self.skipped.append(probe)
-                    continue
-                raise AttachError(f"symbol {probe.target} not found in {probe.library}")
-            attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
             try:
-                attach(name=probe.library.encode(), sym=probe.target.encode(),
-                       fn_name=probe.fn.encode())
-            except Exception as e:
-                raise AttachError(f"attaching {probe.kind} {probe.target} in {probe.library} "
-                                  f"failed: {_one_line(e)}") from None
-            self.attached.append(probe)
+                self._attach_uprobe(bpf, probe)
+            except AttachError as e:
+                if not probe.best_effort:
+                    raise
+                self._failed(probe, str(e))
+
+    def _failed(self, probe: Probe, why: str) -> None:
+        """A best-effort probe that did not go on: said once per file."""
+        said = f"not attached to {probe.library}: {why}"
+        if not any(note.startswith(f"not attached to {probe.library}:") for note in self.notes):
+            self.notes.append(said)
+        self.skipped.append(probe)
+
+    def _attach_uprobe(self, bpf: Any, probe: Probe) -> None:
+        assert probe.library is not None
+        if probe.address is not None:
+            self._attach_address(bpf, probe)
+            return
+        # Only an optional probe's symbol is looked up first: a required one is in the file
+        # (the module checked), and reading a copy's symbol tables again costs milliseconds.
+        if probe.optional and probe.target not in elf_symbols(probe.library):
+            self.skipped.append(probe)
+            return
+        attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
+        try:
+            attach(name=probe.library.encode(), sym=probe.target.encode(),
+                   fn_name=probe.fn.encode())
+        except Exception as e:
+            raise AttachError(f"attaching {probe.kind} {probe.target} in {probe.library} "
+                              f"failed: {_one_line(e)}") from None
+        self.attached.append(probe)
+
+    def attach_late(self, probes: list[Probe], program: str = "main") -> str | None:
+        """While the capture runs: attach ``probes`` (uprobes on a file that a process
+        started since maps) to an already loaded program. All or none: on a failure the
+        ones attached are left on (bcc cannot detach one address of a file alone) and the
+        error is returned in one line; None when all went on."""
+        with self._lock:
+            if self._detached:
+                return "the capture is ending"
+            loaded = next((lo for lo in self._loaded if lo.program.name == program), None)
+            if loaded is None:
+                return f"no program {program} is loaded"
+            for probe in probes:
+                try:
+                    self._attach_uprobe(loaded.bpf, probe)
+                except AttachError as e:
+                    return str(e)
+            return None
 
     def _attach_address(self, bpf: Any, probe: Probe) -> None:
         """A uprobe or uretprobe at an address: bcc maps the virtual address to its file
@@ -282,16 +323,18 @@ class LiveSession:
 
     def dropped(self, reader: Reader) -> int:
         """What the program behind ``reader`` counted as failed ring-buffer outputs."""
-        if reader.dropped is None or self._detached:
-            return 0
-        return int(reader.dropped.sum(reader.dropped.Key(0)).value)
+        with self._lock:
+            if reader.dropped is None or self._detached:
+                return 0
+            return int(reader.dropped.sum(reader.dropped.Key(0)).value)
 
     def detach(self) -> None:
         """Detach every probe and unload the programs; the buffers stay readable (their
         memory mappings hold the maps), so what is in them can still be drained."""
-        if self._detached:
-            return
-        self._detached = True
+        with self._lock:
+            if self._detached:
+                return
+            self._detached = True
         self._tc.detach_all()
         for fd in self._filter_fds:
             with contextlib.suppress(OSError):

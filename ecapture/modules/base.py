@@ -61,6 +61,9 @@ class Probe:
     #: entry (a RET inside a function, a function found without a symbol table, a static
     #: function found through a table); ``target`` then only names the place, for messages
     address: int | None = None
+    #: a failure to attach it is told, not fatal: a probe on one more copy of a library
+    #: (a container's), whose processes may be gone by then
+    best_effort: bool = False
 
     @classmethod
     def around(cls, symbol: str, entry: str, ret: str, library: str | None,
@@ -145,9 +148,29 @@ class Target:
     path: str
     version: str | None = None
     build_id: str | None = None
+    #: where a library module found it in use: the mount namespace of the processes that
+    #: map it (None: not looked at) and the path they know it by (None: ``path``)
+    mntns: int | None = None
+    seen_as: str | None = None
+    processes: int | None = None  # how many processes mapped it when the capture began
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "version": self.version, "build_id": self.build_id}
+        out: dict[str, Any] = {"path": self.path, "version": self.version,
+                               "build_id": self.build_id}
+        if self.mntns is not None:
+            out.update({"mntns": self.mntns, "seen_as": self.seen_as or self.path,
+                        "processes": self.processes})
+        return out
+
+
+@dataclass
+class NewTarget:
+    """A file that a process started during the capture maps and no probe is on yet (a
+    container's copy of a library): its probes, or why it is not attached."""
+
+    target: Target
+    probes: list[Probe]
+    refused: str | None = None
 
 
 @dataclass
@@ -248,6 +271,19 @@ class Module:
     def finish(self) -> Iterator[Event]:
         """End of input: yield whatever is still held back."""
         return iter(())
+
+    # -- live: processes that start during the capture -------------------------------------
+    @property
+    def watching(self) -> bool:
+        """Whether the live layer should look at what each new process maps (its "process"
+        facts with ``exec`` set, see observe) and attach to ``new_targets``."""
+        return False
+
+    def new_targets(self, pid: int) -> list[NewTarget] | None:
+        """Live only, off the drain thread: the files process ``pid`` maps that need
+        probes no file has yet, each looked at once; None while it maps none of the
+        module's files at all (its loader may not have got to them). Reads /proc, files."""
+        return None
 
     def summary(self) -> list[str]:
         """Lines for the summary at exit, about what the module decoded: what arrived

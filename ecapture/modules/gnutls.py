@@ -109,7 +109,7 @@ class GnuTLSModule(TlsLibraryModule):
         self.offsets: SessionOffsets | None = None
         self._secrets = header_codec(GNUTLS_SECRETS.decl)
 
-    def init(self) -> None:
+    def inspect(self) -> None:
         path, _ = self.resolve_library(
             LIBGNUTLS_PATTERNS, REQUIRED, "GnuTLS libgnutls",
             ": install GnuTLS (apt-get install libgnutls30) or pass --gnutls PATH")

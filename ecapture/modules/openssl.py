@@ -92,7 +92,7 @@ class OpenSSLModule(TlsLibraryModule):
         self.ssl_bio: SslBio | None = None
         self._secrets = header_codec(MASTER_SECRET.decl)
 
-    def init(self) -> None:
+    def inspect(self) -> None:
         path, symbols = self.resolve_library(
             LIBSSL_PATTERNS, ("SSL_read", "SSL_write"), "OpenSSL libssl",
             ": install OpenSSL (apt-get install libssl3) or pass --libssl PATH")

@@ -18,6 +18,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from ecapture.assemble import ChunkJoiner, ConnTable, PacketChunk, PacketJoiner, TlsChunk
@@ -29,8 +30,10 @@ from ecapture.events import (
     ConnKind,
     Event,
     Fragment,
+    LibraryAttached,
     OtherLibrary,
     Packet,
+    Place,
     TlsData,
     addr_str,
     comm_str,
@@ -40,11 +43,14 @@ from ecapture.modules.base import (
     EventMap,
     Features,
     Module,
+    NewTarget,
     Observation,
     Option,
     Probe,
     Program,
+    Target,
     check_path_and_pid,
+    non_negative_int,
     pid_option,
     process_filter_cflags,
     uid_option,
@@ -58,17 +64,52 @@ from ecapture.structs.packets import (
     PACKET_CHUNK,
     PACKET_CHUNK_SIZE,
 )
-from ecapture.structs.tls import CONN, EVENT_CONN, EVENT_SSL_DATA, SSL_DATA, TLS_CHUNK_SIZE
-from ecapture.targets import elf_symbols, libraries_of_process, locate_library
+from ecapture.structs.tls import (
+    CONN,
+    EVENT_CONN,
+    EVENT_EXEC,
+    EVENT_SSL_DATA,
+    EXEC,
+    SSL_DATA,
+    TLS_CHUNK_SIZE,
+)
+from ecapture.targets import (
+    MappedFile,
+    cgroup_of,
+    descendants,
+    elf_symbols,
+    file_key,
+    files_in_use,
+    libraries_of_process,
+    locate_library,
+    mapped_files,
+    mount_namespace,
+    quick_build_id,
+    real_path,
+)
 
+#: a process started a program: what it maps may be a library file no probe is on yet
+EXEC_TRACEPOINT = "sched:sched_process_exec"
 CONN_KINDS: dict[int, ConnKind] = {0: "connect", 1: "accept", 2: "close", 3: "proc"}
 CONN_CLOSE = 2
 MAX_CHUNKS = 256  # per call: 4 MiB of plaintext with 16 KiB chunks
 MAX_PACKET_CHUNKS = 32  # per packet: 512 KiB, more than any GSO packet
 
+#: How many distinct library files (copies in containers) one capture attaches to, unless
+#: --max-libraries says otherwise: each costs a dozen uprobes and, the first time a build
+#: is seen, a read of its symbols.
+MAX_LIBRARY_FILES = 64
+#: a task's parent and its tgid, for --pid's descendants (KOFF_TASK_REAL_PARENT/_TGID)
+PARENT_MEMBERS = (("TASK_REAL_PARENT", "task_struct", "real_parent"),
+                  ("TASK_TGID", "task_struct", "tgid"))
+
 FAMILY_OPTIONS = (
-    pid_option(),
+    pid_option("capture only this process id and the processes it starts (a container's "
+               "init: the whole container)"),
     uid_option(),
+    Option(("--max-libraries",), "max_libraries", "attach to at most N distinct library "
+           f"files, copies in containers included (default {MAX_LIBRARY_FILES})",
+           type=non_negative_int, metavar="N"),
     Option(("-i", "--ifname"), "ifname", "network interface whose packets -m pcap "
            "captures (a TC classifier that only watches)", metavar="IFACE"),
 )
@@ -93,13 +134,44 @@ _PEEK_CONN = struct.Struct("<II24xiHB")
 # How a plaintext chunk, the bulk of every capture, starts: decode() tests for it first.
 _DATA_KIND = EVENT_SSL_DATA.to_bytes(4, "little")
 COMM_CACHE_MAX = 1024  # distinct raw comm fields whose text is kept
+PLACES_MAX = 65536  # processes whose place observe() remembers having looked up
+LATE_SHOWN = 10  # late attaches named in the summary
 _CONN_COMM = slice(76, 92)  # conn_event_t.comm (kern/tls.h), checked by the unit tests
+_PEEK_EXEC = struct.Struct("<IQI")  # exec_event_t's pid, timestamp_ns and uid, at 4
+_EXEC_COMM = slice(24, 40)
+EXEC_SIZE = 40
 
 
 def _matches(names: Iterable[str], patterns: Iterable[str]) -> str | None:
     """The first of ``names`` that one of ``patterns`` matches whole."""
     regexes = [re.compile(p) for p in patterns]
     return next((n for n in names if any(rx.fullmatch(n) for rx in regexes)), None)
+
+
+@dataclass
+class LibraryCopy:
+    """One library file the capture attaches to (the system's, or a container's copy of
+    it) and its probes, which name it by ``target.path``: a path that reaches that very
+    file, through ``/proc/PID/root`` for a file in another mount namespace."""
+
+    key: tuple[int, int] | None  # device and inode
+    target: Target
+    probes: list[Probe]
+
+
+class _Exec(Fragment):
+    """An exec event, decoded: nothing to show (the fact recorded before it says where the
+    process runs)."""
+
+    __slots__ = ()
+
+
+class Refused(Exception):
+    """A library file that is not attached, and why (one line)."""
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _tuple_fields(found: Any) -> dict[str, Any]:
@@ -132,7 +204,7 @@ class TlsLibraryModule(Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.maps = (
-            EventMap("events", {EVENT_SSL_DATA: SSL_DATA, EVENT_CONN: CONN,
+            EventMap("events", {EVENT_SSL_DATA: SSL_DATA, EVENT_CONN: CONN, EVENT_EXEC: EXEC,
                                 **cls.library_structs}),
             # Kind 4 is how packets were recorded before they were sent in pieces.
             EventMap("packets", {EVENT_PACKET: PACKET, EVENT_PACKET_CHUNK: PACKET_CHUNK},
@@ -162,6 +234,20 @@ class TlsLibraryModule(Module):
         # and how many bytes they miss: said in the summary, as lost events are.
         self.short_calls = 0
         self.missing_bytes = 0
+        # The library files attached (init, then the live layer's new_copies()), by device
+        # and inode, and those refused, with why: each file is looked at once.
+        self.copies: list[LibraryCopy] = []
+        self._known: dict[tuple[int, int], LibraryCopy | str] = {}
+        self._by_build_id: dict[str, LibraryCopy] = {}
+        self._chosen: str | None = None  # the file inspect() takes when no other is found
+        self.refused_files = 0
+        # observe(), live only: processes whose place (mount namespace, cgroup) was looked
+        # up; apply(): what those lookups found, by pid, and the late attaches (summary)
+        self._seen_pids: set[int] = set()
+        self._my_mntns = mount_namespace(os.getpid())
+        self._places: dict[int, Place] = {}
+        self._place_objects: dict[Place, Place] = {}
+        self._late: list[LibraryAttached] = []
 
     # -- configuration -------------------------------------------------------------
     def check(self) -> None:
@@ -173,6 +259,141 @@ class TlsLibraryModule(Module):
                 raise ConfigError(f"-i {ifname}: no such network interface")
         self.notes += check_path_and_pid(self.config, self.library_option)
 
+    def inspect(self) -> None:
+        """The library module's part of ``init``: find the file (``resolve_library``),
+        learn its version and what its probes need, and set ``targets``, that file first.
+        Reads files, needs no root."""
+        raise NotImplementedError
+
+    @property
+    def watching(self) -> bool:
+        """Whether copies of the library are looked for in every process, and in each new
+        one: unless an option names the file, for a module whose files have known names."""
+        option = self.library_option
+        return bool(self.library_patterns) and not (option and self.config.get(option))
+
+    def init(self) -> None:
+        """The file the library option names; else every distinct file (device and inode)
+        matching ``library_patterns`` that the processes map (--pid's process and those
+        below it, else all of them), each a container's copy as often as not, plus the
+        system's. ``inspect`` reads the first; each other file is a copy of one already
+        read (the same build-id: the same probes) or is inspected on its own, and attached
+        if the one program compiled for all of them fits it (the same -D flags)."""
+        pid = self.config.get("pid")
+        found: list[MappedFile] = []
+        if self.watching:
+            found = files_in_use(self.library_patterns,
+                                 descendants(pid) if pid is not None else None)
+        try:
+            self.inspect()
+        except AttachError:
+            if not found:
+                raise
+            self._chosen = found[0].open_path
+            self.inspect()
+        first, others = self.targets[0], self.targets[1:]
+        key = file_key(first.path)
+        in_use = next((m for m in found if m.key == key), None)
+        if in_use is not None:
+            first = replace(first, mntns=in_use.mntns, seen_as=in_use.path,
+                            processes=len(in_use.pids))
+        elif self.watching:
+            first = replace(first, mntns=mount_namespace(pid or os.getpid()),
+                            processes=0)
+        self.targets = [first, *others]
+        self._add(LibraryCopy(key, first, self.library_probes()))
+        for mapped in found:
+            if mapped.key not in self._known:
+                try:
+                    self._add(self._copy(mapped))
+                except Refused as e:
+                    self._refuse(mapped, str(e))
+        if self.watching:
+            self.notes += [self.attached_line(c) for c in self.copies]
+
+    def attached_line(self, copy: LibraryCopy) -> str:
+        t = copy.target
+        where = "" if t.mntns is None or t.mntns == self._my_mntns else f"mntns {t.mntns}, "
+        n = t.processes or 0
+        users = f"{n} process{'es' if n != 1 else ''}" if n else "no process yet"
+        return f"attached {t.seen_as or t.path} ({t.version or 'version unknown'}; {where}" \
+               f"{users})"
+
+    def _add(self, copy: LibraryCopy) -> None:
+        if copy.key is not None:
+            self._known[copy.key] = copy
+        self.copies.append(copy)
+        if copy.target not in self.targets:
+            self.targets.append(copy.target)
+        if copy.target.build_id:
+            self._by_build_id.setdefault(copy.target.build_id, copy)
+
+    def _refuse(self, mapped: MappedFile, why: str) -> None:
+        self._known[mapped.key] = why
+        self.refused_files += 1
+        self.notes.append(f"not attached: {mapped.path} (mntns {mapped.mntns}), mapped by "
+                          f"{len(mapped.pids)} process(es): {why}")
+
+    def _copy(self, mapped: MappedFile) -> LibraryCopy:
+        """The probes for another library file, or Refused: those of a file with the same
+        build-id where there is one, else what inspecting the file on its own gives."""
+        limit = self.config.get("max_libraries")
+        limit = MAX_LIBRARY_FILES if limit is None else limit
+        if len(self.copies) >= limit:
+            raise Refused(f"{limit} library files are attached already (--max-libraries)")
+        path = mapped.open_path
+        build = quick_build_id(path)
+        twin = self._by_build_id.get(build) if build else None
+        if twin is not None and all(p.library == twin.target.path for p in twin.probes):
+            # The same build: the same symbols at the same offsets, so the same probes,
+            # without reading the file's symbol tables again.
+            symbols = elf_symbols(twin.target.path)
+            probes = [replace(p, library=path, optional=False, best_effort=True)
+                      for p in twin.probes
+                      if not p.optional or p.address is not None or p.target in symbols]
+            version = twin.target.version
+        else:
+            option = self.library_option
+            assert option is not None  # watching needs one
+            other = type(self)({**self.config, option: path, "pid": None})
+            try:
+                other.inspect()
+            except (AttachError, ConfigError) as e:
+                raise Refused(str(e)) from None
+            if other.library_cflags() != self.library_cflags():
+                raise Refused(f"it is {other.targets[0].version or 'of an unknown version'}, "
+                              "whose struct offsets differ from those of "
+                              f"{self.targets[0].version or 'the first file'}; one capture "
+                              f"compiles one set: capture it with --{option.replace('_', '-')}"
+                              f" {path}")
+            probes = [replace(p, best_effort=True) for p in other.library_probes()]
+            version = other.targets[0].version
+        target = Target(path, version, build, mapped.mntns, mapped.path, len(mapped.pids))
+        return LibraryCopy(mapped.key, target, probes)
+
+    def new_targets(self, pid: int) -> list[NewTarget] | None:
+        """The library files process ``pid`` maps that no probe is on yet, with their
+        probes, or why not. Each file is looked at once. None: it maps none (yet)."""
+        if not self.watching:
+            return None
+        mapped_now = mapped_files(pid, self.library_patterns)
+        if not mapped_now:
+            return None
+        out: list[NewTarget] = []
+        for mapped in mapped_now:
+            if mapped.key in self._known:
+                continue
+            try:
+                copy = self._copy(mapped)
+            except Refused as e:
+                self._refuse(mapped, str(e))
+                out.append(NewTarget(Target(mapped.open_path, None, None, mapped.mntns,
+                                            mapped.path, 1), [], str(e)))
+                continue
+            self._add(copy)
+            out.append(NewTarget(copy.target, copy.probes))
+        return out
+
     def resolve_library(self, patterns: Iterable[str], required: Iterable[str], what: str,
                         hint: str) -> tuple[str, frozenset[str]]:
         """The file to attach to (a real path: uprobes attach to inodes) and the functions
@@ -180,9 +401,9 @@ class TlsLibraryModule(Module):
         executable), else the system's. AttachError in one line if it lacks one of
         ``required``."""
         option = self.library_option
-        path = (self.config.get(option) if option else None) or locate_library(
-            patterns, required, what, self.config.get("pid"), hint)
-        path = os.path.realpath(path)
+        path = (self.config.get(option) if option else None) or self._chosen or \
+            locate_library(patterns, required, what, self.config.get("pid"), hint)
+        path = real_path(path)
         symbols = elf_symbols(path)
         for name in required:
             if name not in symbols:
@@ -206,15 +427,30 @@ class TlsLibraryModule(Module):
     # -- kernel side ---------------------------------------------------------------
     def probes(self, features: Features) -> list[Probe]:
         tracepoints = SOCKET_TRACEPOINTS if features.socket_tracepoints else SYSCALL_TRACEPOINTS
-        return self.library_probes() + [
-            Probe("tracepoint", tp, "tracepoint__" + tp.replace(":", "__"))
-            for tp in tracepoints]
+        if self.watching:
+            tracepoints = (*tracepoints, EXEC_TRACEPOINT)
+        library = [p for c in self.copies for p in c.probes] or self.library_probes()
+        return library + [Probe("tracepoint", tp, "tracepoint__" + tp.replace(":", "__"))
+                          for tp in tracepoints]
+
+    def kernel_members(self) -> tuple[tuple[str, str, str], ...]:
+        # --pid follows the processes below it (a container's) by their parents.
+        return PARENT_MEMBERS if self.config.get("pid") is not None else ()
 
     def cflags(self, features: Features) -> list[str]:
         flags = [f"-DTLS_CHUNK_SIZE={TLS_CHUNK_SIZE}", f"-DMAX_CHUNKS={MAX_CHUNKS}",
                  f"-DSOCKET_HOOKS={int(features.socket_tracepoints)}",
+                 f"-DWATCH_EXEC={int(self.watching)}",
                  *process_filter_cflags(self.config)]
+        if self.config.get("pid") is not None:
+            if all(name in features.kernel_offsets for name, _, _ in PARENT_MEMBERS):
+                flags.append("-DFOLLOW_CHILDREN=1")
+            elif self._follow_note not in self.notes:
+                self.notes.append(self._follow_note)
         return flags + self.library_cflags()
+
+    _follow_note = ("--pid: the kernel's BTF (/sys/kernel/btf/vmlinux) does not say where a "
+                    "task's parent is, so the processes it starts are not captured")
 
     def programs(self, features: Features) -> list[Program]:
         programs = [Program("main", (self.family_source,
@@ -271,6 +507,10 @@ class TlsLibraryModule(Module):
             return self._decode_packet(kind, data)
         if kind == EVENT_CONN:
             return self._decode_conn(data)
+        if kind == EVENT_EXEC:
+            if len(data) < EXEC_SIZE:
+                raise DecodeError(f"exec_event_t has {len(data)} bytes, needs {EXEC_SIZE}")
+            return _Exec()  # what it tells is in the "process" fact observe() recorded
         return self.decode_library(kind, data)
 
     def _decode_conn(self, data: bytes) -> Conn:
@@ -309,8 +549,10 @@ class TlsLibraryModule(Module):
     def dispatch(self, decoded: Decoded) -> Iterable[Event]:
         if type(decoded) is TlsData:  # a whole call, from decode(): most events
             fd = decoded.fd
+            # Still being built: no one else has seen it (see decode).
+            if self._places:
+                decoded.place = self._places.get(decoded.pid)
             if fd >= 0:
-                # Still being built: no one else has seen it (see decode).
                 decoded.conn = self._conns.lookup(decoded.pid, fd, decoded.timestamp_ns)
             if decoded.total_len != len(decoded.data):
                 self._short(decoded)
@@ -325,8 +567,12 @@ class TlsLibraryModule(Module):
         if isinstance(decoded, Conn):
             if decoded.family == 0 and decoded.kind != "close":
                 decoded = self._fill_from_proc(decoded)
+            if self._places:
+                decoded.place = self._places.get(decoded.pid)
             self._conns.update(decoded)
             return (decoded,)
+        if isinstance(decoded, _Exec):
+            return ()
         if isinstance(decoded, PacketChunk):
             return [self._packet_event(first, data)
                     for first, data in self._packets.feed(decoded)]
@@ -339,7 +585,7 @@ class TlsLibraryModule(Module):
         conn = self._conns.lookup(first.pid, fd, ts) if fd >= 0 else None
         call = TlsData(ts, first.pid, first.tid, first.uid, first.comm, fd, first.version,
                        first.direction, first.func, first.conn_id, data, first.total_len,
-                       conn)
+                       conn, self._places.get(first.pid))
         if call.total_len != len(data):
             self._short(call)
         return call
@@ -349,11 +595,15 @@ class TlsLibraryModule(Module):
         self.missing_bytes += call.missing
 
     def summary(self) -> list[str]:
-        if not self.short_calls:
-            return []
-        calls = "call" if self.short_calls == 1 else "calls"
-        return [f"{self.name}: {self.short_calls:,} {calls} short by {self.missing_bytes:,} "
-                f"bytes ({MISSING_WHY})"]
+        lines = [f"{self.name}: {late.text_line()}" for late in self._late[:LATE_SHOWN]]
+        if len(self._late) > LATE_SHOWN:
+            lines.append(f"{self.name}: {len(self._late) - LATE_SHOWN} more library files "
+                         "attached or refused during the capture (the recording lists each)")
+        if self.short_calls:
+            calls = "call" if self.short_calls == 1 else "calls"
+            lines.append(f"{self.name}: {self.short_calls:,} {calls} short by "
+                         f"{self.missing_bytes:,} bytes ({MISSING_WHY})")
+        return lines
 
     @staticmethod
     def _packet_event(first: PacketChunk, data: bytes) -> Packet:
@@ -368,12 +618,38 @@ class TlsLibraryModule(Module):
 
     # -- what the live system tells (tuples from /proc) ---------------------------------
     def observe(self, data: bytes, lookup: Callable[[int, int], Any]) -> list[Observation]:
+        """Where each process runs (its mount namespace and cgroup: which container), read
+        in /proc once per process, when its first event or its exec is drained: a
+        "process" fact, with ``exec`` set for an exec (the live layer then looks for
+        library files the new program maps). And the 4-tuples the kernel could not give,
+        once per connection (:meth:`_observe_socket`)."""
+        if len(data) < 8:
+            return []
+        kind = int.from_bytes(data[:4], "little")
+        if kind == EVENT_EXEC and len(data) >= EXEC_SIZE:
+            pid, ts, uid = _PEEK_EXEC.unpack_from(data, 4)
+            return [self._place_fact(pid, {"exec": True, "ts_ns": ts, "uid": uid,
+                                           "comm": comm_str(data[_EXEC_COMM])})]
+        pid = int.from_bytes(data[4:8], "little")
+        if pid in self._seen_pids or kind not in (EVENT_SSL_DATA, EVENT_CONN):
+            return self._observe_socket(kind, data, lookup)
+        return [self._place_fact(pid, {}), *self._observe_socket(kind, data, lookup)]
+
+    def _place_fact(self, pid: int, extra: dict[str, Any]) -> Observation:
+        if len(self._seen_pids) >= PLACES_MAX:
+            self._seen_pids.clear()
+        self._seen_pids.add(pid)
+        mntns = mount_namespace(pid)
+        return ("process", {"pid": pid, "mntns": mntns, "cgroup": cgroup_of(pid),
+                            "host": mntns is not None and mntns == self._my_mntns, **extra})
+
+    def _observe_socket(self, kind: int, data: bytes, lookup: Callable[[int, int], Any]
+                        ) -> list[Observation]:
         """Look up in /proc, once per connection, the 4-tuples the kernel could not give:
         an accept() that did not ask for the peer's address, and connections set up before
         the capture (their first data shows up with an fd no probe saw)."""
         if len(data) < 44:
             return []
-        kind = int.from_bytes(data[:4], "little")
         if kind == EVENT_SSL_DATA:
             _, pid, fd = _PEEK_DATA.unpack_from(data)
             key = (pid, fd)
@@ -434,6 +710,21 @@ class TlsLibraryModule(Module):
         return []
 
     def apply(self, what: str, fields: Mapping[str, Any]) -> Iterable[Event]:
+        if what == "process":
+            self._apply_place(fields)
+            return
+        if what == "attached":
+            try:
+                late = LibraryAttached(
+                    int(fields["ts_ns"]), int(fields["pid"]), int(fields["pid"]), 0,
+                    str(fields["comm"]), str(fields["path"]), _int_or_none(fields["mntns"]),
+                    fields.get("version"), fields.get("build_id"), float(fields["after_ms"]),
+                    fields.get("refused"))
+            except (KeyError, TypeError, ValueError) as e:
+                raise DecodeError(f"attached observation without valid fields: {e}") from None
+            self._late.append(late)
+            yield late
+            return
         if what == "other_library":
             try:
                 yield OtherLibrary(int(fields["ts_ns"]), int(fields["pid"]), int(fields["tid"]),
@@ -461,9 +752,22 @@ class TlsLibraryModule(Module):
             return
         conn = Conn(int(fields.get("ts_ns", 0)), pid, int(fields.get("tid", pid)),
                     int(fields.get("uid", 0)), str(fields.get("comm", "")), "proc", fd, 0,
-                    family, laddr, lport, raddr, rport)
+                    family, laddr, lport, raddr, rport, self._places.get(pid))
         self._conns.update(conn)
         yield conn
+
+    def _apply_place(self, fields: Mapping[str, Any]) -> None:
+        try:
+            pid = int(fields["pid"])
+            cgroup = fields.get("cgroup")
+            place = Place(_int_or_none(fields.get("mntns")),
+                          None if cgroup is None else str(cgroup), bool(fields.get("host")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecodeError(f"process observation without valid fields: {e}") from None
+        if len(self._places) >= PLACES_MAX:
+            self._places.clear()
+        # One object per place: the text and json models key what they keep by it.
+        self._places[pid] = self._place_objects.setdefault(place, place)
 
     def _fill_from_proc(self, conn: Conn) -> Conn:
         found = self._proc.pop((conn.pid, conn.fd), None)
@@ -471,5 +775,5 @@ class TlsLibraryModule(Module):
             return conn
         return Conn(conn.timestamp_ns, conn.pid, conn.tid, conn.uid, conn.comm, conn.kind,
                     conn.fd, conn.sock, found["family"], found["laddr"], found["lport"],
-                    found["raddr"], found["rport"])
+                    found["raddr"], found["rport"], conn.place)
 

@@ -23,6 +23,12 @@ C declarations (kern/tls.h)::
         char comm[16];
         __u32 reserved2;
     };
+
+    struct exec_event_t {
+        __u32 kind; __u32 pid; __u64 timestamp_ns;
+        __u32 uid; __u32 reserved;
+        char comm[16];
+    };
 """
 
 import construct as cs
@@ -32,6 +38,7 @@ from ecapture.structs.layout import KernelStruct
 HEADER = "tls.h"
 EVENT_SSL_DATA = 1
 EVENT_CONN = 2
+EVENT_EXEC = 8
 TLS_CHUNK_SIZE = 16384
 
 ssl_data_event_t = cs.Struct(
@@ -73,6 +80,16 @@ conn_event_t = cs.Struct(
     "reserved2" / cs.Int32ul,
 )
 
+exec_event_t = cs.Struct(
+    "kind" / cs.Int32ul,
+    "pid" / cs.Int32ul,
+    "timestamp_ns" / cs.Int64ul,
+    "uid" / cs.Int32ul,
+    "reserved" / cs.Int32ul,
+    "comm" / cs.Bytes(16),
+)
+
 SSL_DATA = KernelStruct("ssl_data_event_t", HEADER, ssl_data_event_t, "TLS_EVENT_DATA")
 CONN = KernelStruct("conn_event_t", HEADER, conn_event_t, "TLS_EVENT_CONN")
-STRUCTS = {s.name: s for s in (SSL_DATA, CONN)}
+EXEC = KernelStruct("exec_event_t", HEADER, exec_event_t, "TLS_EVENT_EXEC")
+STRUCTS = {s.name: s for s in (SSL_DATA, CONN, EXEC)}

@@ -185,7 +185,8 @@ def test_accept_without_addresses_gets_them_from_a_fact() -> None:
     looked, lookup = lookups()
     live = OpenSSLModule({})
     bare_accept = conn(kind=1, fd=9, family=0)
-    (obs,) = live.observe(bare_accept, lookup)  # type: ignore[arg-type]
+    place, obs = live.observe(bare_accept, lookup)  # type: ignore[arg-type]
+    assert place[0] == "process" and place[1]["pid"] == 100
     assert looked == [(100, 9)]
     # Replay: the fact comes first, the kernel's event unchanged after it.
     replay = OpenSSLModule({})
@@ -199,7 +200,8 @@ def test_data_on_an_unknown_connection_is_preceded_by_a_socket_fact_once() -> No
     looked, lookup = lookups()
     live = OpenSSLModule({})
     data = chunk(b"x", 0, 1, fd=7)
-    (obs,) = live.observe(data, lookup)  # type: ignore[arg-type]
+    place, obs = live.observe(data, lookup)  # type: ignore[arg-type]
+    assert place[0] == "process"  # where pid 100 runs: once, before its first event
     assert live.observe(chunk(b"y", 0, 1, fd=7, start_ns=5), lookup) == []  # type: ignore[arg-type]
     replay = OpenSSLModule({})
     (proc,) = replay.apply(*obs)

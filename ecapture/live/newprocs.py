@@ -1,0 +1,105 @@
+"""Processes that start during a capture: attach to the library files they bring.
+
+A container started after the capture maps its own copy of a library, a file no probe is
+on (uprobes attach to inodes). The kernel program reports each exec of a traced process;
+the drain thread records where that process runs and hands its pid here, so that nothing
+slow happens on the drain thread. This thread reads the process's mappings while its
+dynamic loader works, a few times over the first quarter second, asks the module for the
+probes of any file not seen before and attaches them to the program already loaded. What
+it did is recorded as an "attached" fact, with how long after the exec the probes went on:
+what the process sent before then is not captured, and the recording says so.
+
+Live layer: drives the session; the module decides what to attach (``new_targets``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from typing import Any
+
+from ecapture.errors import AttachError
+from ecapture.live.session import LiveSession
+from ecapture.modules.base import NewTarget, Target
+
+#: When to read a new process's mappings, in ms after its exec reached us: the loader maps
+#: a program's libraries within a few ms; a program that loads one later (dlopen) is
+#: looked at again when its first connection or TLS call shows up.
+POLL_MS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: processes being watched at once; more execs than that (a build) are counted, not read
+MAX_WATCHED = 512
+
+
+class NewProcesses(threading.Thread):
+    def __init__(self, session: LiveSession):
+        super().__init__(name="ecapture-newprocs", daemon=True)
+        self.session = session
+        self.module = session.module
+        self.skipped = 0  # execs not looked at: too many at once
+        self.looked = 0
+        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._pending = 0
+
+    def seen(self, fields: dict[str, Any]) -> None:
+        """From the drain thread: a "process" fact. An exec is watched for a while; a
+        process seen for the first time otherwise is looked at once."""
+        if self._pending >= MAX_WATCHED:
+            self.skipped += 1
+            return
+        self._pending += 1
+        self._inbox.put({**fields, "received_ns": time.monotonic_ns()})
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+
+    def run(self) -> None:
+        # (when, order, pid, fields, polls done): the next look at each watched process
+        due: list[tuple[int, int, int, dict[str, Any], int]] = []
+        order = 0
+        while True:
+            timeout = None
+            if due:
+                timeout = max(0.0, (due[0][0] - time.monotonic_ns()) / 1e9)
+            try:
+                fields = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                fields = {}
+            if fields is None:
+                return
+            if fields:
+                order += 1
+                heapq.heappush(due, (time.monotonic_ns(), order, int(fields["pid"]), fields, 0))
+            now = time.monotonic_ns()
+            while due and due[0][0] <= now:
+                _, n, pid, facts, polls = heapq.heappop(due)
+                found = self._look(pid, facts)
+                polls += 1
+                if found or not facts.get("exec") or polls >= len(POLL_MS):
+                    self._pending -= 1
+                    continue
+                start = int(facts.get("received_ns", now))
+                heapq.heappush(due, (start + POLL_MS[polls] * 1_000_000, n, pid, facts, polls))
+
+    def _look(self, pid: int, fields: dict[str, Any]) -> bool:
+        """Whether the process maps the module's files yet; attaches to new ones."""
+        self.looked += 1
+        try:
+            targets = self.module.new_targets(pid)
+        except (AttachError, OSError) as e:
+            targets = [NewTarget(Target(f"/proc/{pid}/maps"), [], str(e))]
+        if targets is None:
+            return False
+        for new in targets:
+            why = new.refused or self.session.attach_late(new.probes)
+            now = time.monotonic_ns()
+            exec_ns = int(fields.get("ts_ns") or now)
+            t = new.target
+            self.session.facts.append(("attached", {
+                "ts_ns": now, "pid": pid, "comm": str(fields.get("comm", "")),
+                "path": t.seen_as or t.path, "mntns": t.mntns, "version": t.version,
+                "build_id": t.build_id, "after_ms": (now - exec_ns) / 1e6,
+                "probes": len(new.probes), "refused": why}))
+        return True
+
