@@ -55,15 +55,20 @@ def libraries_of_process(pid: int) -> list[str]:
         raise AttachError(
             f"cannot read /proc/{pid}/maps: {e.strerror} (is pid {pid} running?)") from None
     paths: list[str] = []
+    for path, key in _mapped(maps):
+        reached = reach(pid, path.removesuffix(" (deleted)"), key)
+        if reached not in paths:
+            paths.append(reached)
+    return paths
+
+
+def _mapped(maps: str) -> Iterable[tuple[str, tuple[int, int]]]:
+    """(path, (device, inode)) of each file-backed line of a /proc/PID/maps text."""
     for line in maps.splitlines():
         parts = line.split(maxsplit=5)
         if len(parts) == 6 and parts[5].startswith("/"):
-            path = parts[5].removesuffix(" (deleted)")
             major, minor = (int(x, 16) for x in parts[3].split(":"))
-            reached = reach(pid, path, (os.makedev(major, minor), int(parts[4])))
-            if reached not in paths:
-                paths.append(reached)
-    return paths
+            yield parts[5], (os.makedev(major, minor), int(parts[4]))
 
 
 def reach(pid: int, path: str, key: tuple[int, int] | None) -> str:
@@ -375,19 +380,11 @@ def mapped_files(pid: int, patterns: Iterable[str]) -> list[MappedFile]:
         return []
     found: dict[tuple[int, int], MappedFile] = {}
     mntns = None
-    for line in maps.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) < 6 or not parts[5].startswith("/"):
-            continue
-        path = parts[5]
+    for path, key in _mapped(maps):
         if path.endswith(" (deleted)"):
             continue  # replaced since it was mapped: no name reaches that inode any more
         name = path.rsplit("/", 1)[-1]
-        if not any(rx.fullmatch(name) for rx in regexes):
-            continue
-        major, minor = (int(x, 16) for x in parts[3].split(":"))
-        key = (os.makedev(major, minor), int(parts[4]))
-        if key in found:
+        if not any(rx.fullmatch(name) for rx in regexes) or key in found:
             continue
         if mntns is None:
             mntns = mount_namespace(pid)
