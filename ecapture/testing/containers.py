@@ -14,6 +14,7 @@ docker, image imported from host files, never pulled), for tests that want one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import resource
@@ -24,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 DEFAULT_LIBRARIES = ("libssl.so.3", "libcrypto.so.3")
 
@@ -58,10 +59,14 @@ class Container:
     # soname -> (the copy, the system path where processes inside find it)
     libraries: dict[str, tuple[Path, Path]]
     _started: list[subprocess.Popen[Any]] = field(default_factory=list, repr=False)
+    _init_stdin: IO[str] | None = field(default=None, repr=False)
+    # how an engine enters its container (``podman exec NAME``), instead of nsenter
+    _enter: list[str] | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def mntns(self) -> int:
-        """Inode number of the container's mount namespace (what /proc/PID/ns/mnt names)."""
+        """Inode number of the container's mount namespace (what /proc/PID/ns/mnt names),
+        read while it runs and kept: the tests check recordings after it is gone."""
         return os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
 
     def library_inode(self, name: str) -> tuple[int, int]:
@@ -71,7 +76,11 @@ class Container:
         return st.st_dev, st.st_ino
 
     def command(self, argv: Sequence[str], cwd: str | os.PathLike[str] | None = None) -> list[str]:
-        """``argv`` wrapped in the nsenter call that runs it inside the container."""
+        """``argv`` wrapped in the call that runs it inside the container: nsenter, or the
+        engine's own exec, which also puts it in the container's cgroup."""
+        if self._enter is not None:
+            workdir = [f"--workdir={os.fspath(cwd)}"] if cwd is not None else []
+            return [*self._enter[:-1], *workdir, self._enter[-1], *argv]
         wrapped = ["nsenter", f"--target={self.pid}", "--mount"]
         if self.pid_ns:
             wrapped.append("--pid")
@@ -91,6 +100,15 @@ class Container:
     def run(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` inside to completion; keyword arguments go to subprocess.run."""
         return subprocess.run(self.command(argv, kw.get("cwd")), **kw)
+
+    def spawn(self, command: str) -> None:
+        """Have the container's init start shell ``command`` as its child, as a container's
+        own processes are started (``popen`` starts them from outside, as ``exec`` does).
+        Its output is discarded unless ``command`` redirects it."""
+        if self._init_stdin is None:
+            raise RuntimeError("this container's init takes no commands")
+        self._init_stdin.write(command.replace("\n", " ") + "\n")
+        self._init_stdin.flush()
 
     def host_pid(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
         """Host pid of the command a popen() started (with a pid namespace, nsenter's child)."""
@@ -118,15 +136,19 @@ class Container:
                 proc.wait()
             _close(proc)
         if not self.pid_ns:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            # init leads its own process group, with the children it spawned.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
 
 def _init_script(libraries: dict[str, tuple[Path, Path]]) -> str:
     mounts = "".join(f"mount --bind '{copy}' '{target}'\n" for copy, target in libraries.values())
     # "ready" is printed only once every mount is in place; `set -e` makes a failed mount end
-    # the shell, which the parent sees as end of file instead of the line.
-    return f"set -e\n{mounts}echo ready\nexec sleep infinity\n"
+    # the shell, which the parent sees as end of file instead of the line. Then each line
+    # read is a command that init starts as its own child (Container.spawn).
+    return (f"set -e\n{mounts}echo ready\n"
+            'while read -r line; do sh -c "$line" </dev/null >/dev/null 2>&1 & done\n'
+            "exec sleep infinity\n")
 
 
 def _children(pid: int) -> list[int]:
@@ -159,7 +181,8 @@ def container(
         argv += ["--pid", "--fork", "--mount-proc"]
     pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     init = subprocess.Popen(
-        [*argv, "sh", "-c", _init_script(mapping)], **pipes, start_new_session=True
+        [*argv, "sh", "-c", _init_script(mapping)], **pipes, stdin=subprocess.PIPE,
+        start_new_session=True,
     )
     box: Container | None = None
     try:
@@ -169,7 +192,8 @@ def container(
             raise RuntimeError(f"container init failed: {init.stderr.read().strip()}")
         # With --fork, unshare's only child is the namespace's pid 1 (the shell, now sleep).
         pid = _children(init.pid)[0] if pid_ns else init.pid
-        box = Container(pid=pid, pid_ns=pid_ns, libraries=mapping)
+        box = Container(pid=pid, pid_ns=pid_ns, libraries=mapping, _init_stdin=init.stdin)
+        _ = box.mntns  # known from now on
         yield box
     finally:
         if box is not None:
@@ -257,7 +281,9 @@ def docker_container(
         mapping = {
             n: (Path(f"/proc/{pid}/root{host_library(n)}"), host_library(n)) for n in libraries
         }
-        box = Container(pid=pid, pid_ns=True, libraries=mapping)
+        box = Container(pid=pid, pid_ns=True, libraries=mapping,
+                        _enter=[*engine, "exec", name])
+        _ = box.mntns  # known from now on
         yield box
     finally:
         if box is not None:
