@@ -26,6 +26,7 @@ BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 
+BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
@@ -77,7 +78,7 @@ def verifier_complaint(log: str) -> str:
 
 
 def prog_load(prog_type: int, insns: bytes, license: str = "GPL",
-              name: str = "ecapture") -> int:
+              name: str = "ecapture", expected_attach_type: int = 0) -> int:
     """Load eBPF instructions; returns the program's fd (the caller closes it).
 
     Raises AttachError with the verifier's complaint if the kernel refuses the program.
@@ -95,6 +96,7 @@ def prog_load(prog_type: int, insns: bytes, license: str = "GPL",
         if log is not None:
             struct.pack_into("<Q", attr, 32, ctypes.addressof(log))
         struct.pack_into(f"<{_OBJ_NAME_LEN}s", attr, 48, _obj_name(name))
+        struct.pack_into("<I", attr, 68, expected_attach_type)  # after prog_ifindex
         return _bpf(BPF_PROG_LOAD, attr)
 
     # Quietly first: asking for a log costs time, and a full log buffer is an error of its own.
@@ -234,3 +236,29 @@ def map_delete_u32(map_fd: int, key: int) -> None:
         bpf(BPF_MAP_DELETE_ELEM, attr)
     finally:
         del k_buf
+
+
+# -- uprobes as BPF links (Linux 6.6+) ------------------------------------------------
+
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type
+BPF_F_UPROBE_MULTI_RETURN = 1
+
+
+def link_create_uprobe_multi(prog_fd: int, path: str, offsets: list[int],
+                             ret: bool = False) -> int:
+    """A uprobe_multi link: ``prog_fd`` (a kprobe-type program loaded for
+    BPF_TRACE_UPROBE_MULTI) at each file offset of ``path`` (uretprobes with ``ret``).
+    Returns the link's fd; raises OSError with the kernel's errno (EINVAL before 6.6)."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+    attr = bytearray(_ATTR_SIZE)
+    # link_create: prog_fd, target_fd, attach_type, flags, then uprobe_multi: path,
+    # offsets, ref_ctr_offsets, cookies, cnt, flags, pid
+    struct.pack_into("=IIIIQQQQIII", attr, 0, prog_fd, 0, BPF_TRACE_UPROBE_MULTI, 0,
+                     ctypes.addressof(name), ctypes.addressof(offs), 0, 0, len(offsets),
+                     BPF_F_UPROBE_MULTI_RETURN if ret else 0, 0)
+    try:
+        return bpf(BPF_LINK_CREATE, attr)
+    finally:
+        del name, offs
