@@ -18,6 +18,7 @@ import heapq
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ecapture.errors import AttachError
@@ -25,9 +26,11 @@ from ecapture.live.session import LiveSession
 from ecapture.modules.base import NewTarget, Target
 
 #: When to read a new process's mappings, in ms after its exec reached us: the loader maps
-#: a program's libraries within a few ms; a program that loads one later (dlopen) is
+#: a program's libraries within a few ms, and every ms the probes go on later is a ms of
+#: the program's first TLS calls lost, so each of the first 12 ms is looked at (a read of
+#: a young process's maps costs some 0.1 ms); a program that loads one later (dlopen) is
 #: looked at again when its first connection or TLS call shows up.
-POLL_MS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+POLL_MS = (*range(13), 16, 20, 24, 32, 48, 64, 128, 256)
 #: processes being watched at once; more execs than that (a build) are counted, not read
 MAX_WATCHED = 512
 #: how often, at most, the count of processes not looked at is recorded
@@ -105,7 +108,7 @@ class NewProcesses(threading.Thread):
             now = time.monotonic_ns()
             while due and due[0][0] <= now:
                 _, n, pid, facts, polls = heapq.heappop(due)
-                found = self._look(pid, facts)
+                found = self._look(pid, facts, polls == 0)
                 polls += 1
                 if found or not facts.get("exec") or polls >= len(POLL_MS):
                     self._done += 1
@@ -113,11 +116,20 @@ class NewProcesses(threading.Thread):
                 start = int(facts.get("received_ns", now))
                 heapq.heappush(due, (start + POLL_MS[polls] * 1_000_000, n, pid, facts, polls))
 
-    def _look(self, pid: int, fields: dict[str, Any]) -> bool:
-        """Whether the process maps the module's files yet; attaches to new ones."""
+    def _look(self, pid: int, fields: dict[str, Any], first: bool) -> bool:
+        """Whether the process maps the module's files yet; attaches to new ones. At an
+        exec's first look, first to the files of its mount namespace if that is new."""
         self.looked += 1
+        if first and fields.get("exec"):
+            self._attach(pid, fields, lambda: self.module.namespace_targets(pid))
+        return self._attach(pid, fields, lambda: self.module.new_targets(pid))
+
+    def _attach(self, pid: int, fields: dict[str, Any],
+                find: Callable[[], list[NewTarget] | None]) -> bool:
+        """Attach to what ``find`` gives and record each as an "attached" fact; whether it
+        gave a list (None: nothing yet)."""
         try:
-            targets = self.module.new_targets(pid)
+            targets = find()
         except (AttachError, OSError) as e:
             # Not one file's fault (those are refused one by one): the process's own.
             targets = [NewTarget(Target(f"the files of pid {pid}"), [], str(e))]
@@ -134,4 +146,3 @@ class NewProcesses(threading.Thread):
                 "build_id": t.build_id, "after_ms": (now - exec_ns) / 1e6,
                 "probes": len(new.probes), "refused": why}))
         return True
-

@@ -285,6 +285,13 @@ class Module:
         module's files at all (its loader may not have got to them). Reads /proc, files."""
         return None
 
+    def namespace_targets(self, pid: int) -> list[NewTarget]:
+        """Live only, off the drain thread, once per exec: where ``pid`` runs in a mount
+        namespace not seen before (a new container), the module's files that namespace
+        holds, with their probes, to attach before any process there maps them. Reads
+        /proc, files."""
+        return []
+
     def summary(self) -> list[str]:
         """Lines for the summary at exit, about what the module decoded: what arrived
         short, for one. Lost events are counted elsewhere, per map."""

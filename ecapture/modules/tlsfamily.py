@@ -80,6 +80,7 @@ from ecapture.targets import (
     elf_symbols,
     file_key,
     files_in_use,
+    find_library,
     libraries_of_process,
     locate_library,
     mapped_files,
@@ -87,6 +88,7 @@ from ecapture.targets import (
     pin,
     quick_build_id,
     real_path,
+    running_pids,
 )
 
 #: a process started a program: what it maps may be a library file no probe is on yet
@@ -246,6 +248,8 @@ class TlsLibraryModule(Module):
         # up; apply(): what those lookups found, by pid, and the late attaches (summary)
         self._seen_pids: set[int] = set()
         self._my_mntns = mount_namespace(os.getpid())
+        # mount namespace -> where its library is inside, "" for none (_namespace_file)
+        self._namespace_paths: dict[int, str] = {}
         self._places: dict[int, Place] = {}
         self._place_objects: dict[Place, Place] = {}
         self._late: list[LibraryAttached] = []
@@ -306,6 +310,9 @@ class TlsLibraryModule(Module):
                             seen_as=inside[1] if inside else None)
         self.targets = [first, *others]
         self._add(LibraryCopy(key, first, self.library_probes()))
+        if self.watching:
+            # The containers whose processes map no library yet: what they will map.
+            found += self._namespace_files(descendants(pid) if pid is not None else None)
         for mapped in found:
             if mapped.key not in self._known:
                 try:
@@ -314,6 +321,21 @@ class TlsLibraryModule(Module):
                     self._refuse(mapped, str(e))
         if self.watching:
             self.notes += [self.attached_line(c) for c in self.copies]
+
+    def _namespace_files(self, pids: Iterable[int] | None) -> list[MappedFile]:
+        """:meth:`_namespace_file` of each mount namespace the processes ``pids`` (default:
+        all) run in, one process asked per namespace; distinct files only."""
+        files: dict[tuple[int, int], MappedFile] = {}
+        namespaces: set[int | None] = set()
+        for pid in sorted(running_pids() if pids is None else pids):
+            mntns = mount_namespace(pid)
+            if mntns in namespaces:
+                continue
+            namespaces.add(mntns)
+            mapped = self._namespace_file(pid)
+            if mapped is not None:
+                files.setdefault(mapped.key, mapped)
+        return list(files.values())
 
     def attached_line(self, copy: LibraryCopy) -> str:
         t = copy.target
@@ -344,7 +366,7 @@ class TlsLibraryModule(Module):
         limit = self.config.get("max_libraries")
         limit = MAX_LIBRARY_FILES if limit is None else limit
         if len(self.copies) >= limit:
-            raise Refused(f"{limit} library files are attached already (--max-libraries)")
+            raise Refused(f"the limit of {limit} library files is reached (--max-libraries)")
         path = mapped.open_path
         if path.startswith("/proc/"):
             # The process that maps it may exit (a curl) before its probes are on.
@@ -388,21 +410,57 @@ class TlsLibraryModule(Module):
             return None
         out: list[NewTarget] = []
         for mapped in mapped_now:
-            if mapped.key in self._known:
-                continue
-            try:
-                copy = self._copy(mapped)
-            except (Refused, OSError) as e:
-                why = str(e) if isinstance(e, Refused) else \
-                    f"it could not be read: {e.strerror or e}"
-                if isinstance(e, Refused):
-                    self._refuse(mapped, why)  # for good; a file not read is tried again
-                out.append(NewTarget(Target(mapped.open_path, None, None, mapped.mntns,
-                                            mapped.path, 1), [], why))
-                continue
-            self._add(copy)
-            out.append(NewTarget(copy.target, copy.probes))
+            if mapped.key not in self._known:
+                out += self._new_target(mapped)
         return out
+
+    def _new_target(self, mapped: MappedFile) -> list[NewTarget]:
+        try:
+            copy = self._copy(mapped)
+        except (Refused, OSError) as e:
+            why = str(e) if isinstance(e, Refused) else \
+                f"it could not be read: {e.strerror or e}"
+            if isinstance(e, Refused):
+                self._refuse(mapped, why)  # for good; a file not read is tried again
+            return [NewTarget(Target(mapped.open_path, None, None, mapped.mntns,
+                                     mapped.path, len(mapped.pids)), [], why)]
+        self._add(copy)
+        return [NewTarget(copy.target, copy.probes)]
+
+    def namespace_targets(self, pid: int) -> list[NewTarget]:
+        """The library file at the system's path in the mount namespace of ``pid`` (a
+        container's), when a process starts there and the file is new. Attached at once, it
+        is on before the program's loader has mapped it, which a short-lived client (a curl
+        run once) needs: waiting for the mapping, then for the kernel to register the
+        probes (its first registration waits for an RCU grace period), outlasts the few ms
+        it takes to send its request. A new container's first processes get it on."""
+        mapped = self._namespace_file(pid) if self.watching else None
+        if mapped is None or mapped.key in self._known:
+            return []
+        return self._new_target(mapped)
+
+    def _namespace_file(self, pid: int) -> MappedFile | None:
+        """The module's library in the mount namespace of ``pid``, if that is not ours:
+        where the linker cache's paths (ours) lead under its root, learned once per
+        namespace, then one stat per look (a mount may put another file there)."""
+        mntns = mount_namespace(pid)
+        if mntns is None or mntns == self._my_mntns:
+            return None
+        root = f"/proc/{pid}/root"
+        inside = self._namespace_paths.get(mntns)
+        if inside is None:
+            found = find_library(self.library_patterns, root=root)
+            inside = found[len(root):] if found else ""
+            if len(self._namespace_paths) >= PLACES_MAX:
+                self._namespace_paths.clear()
+            self._namespace_paths[mntns] = inside
+        if not inside:
+            return None
+        try:
+            st = os.stat(root + inside)
+        except OSError:
+            return None  # the process is gone
+        return MappedFile(st.st_dev, st.st_ino, inside, root + inside, mntns, set())
 
     def resolve_library(self, patterns: Iterable[str], required: Iterable[str], what: str,
                         hint: str) -> tuple[str, frozenset[str]]:

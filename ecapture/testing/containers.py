@@ -144,11 +144,11 @@ class Container:
 def _init_script(libraries: dict[str, tuple[Path, Path]]) -> str:
     mounts = "".join(f"mount --bind '{copy}' '{target}'\n" for copy, target in libraries.values())
     # "ready" is printed only once every mount is in place; `set -e` makes a failed mount end
-    # the shell, which the parent sees as end of file instead of the line. Then each line
-    # read is a command that init starts as its own child (Container.spawn).
-    return (f"set -e\n{mounts}echo ready\n"
-            'while read -r line; do sh -c "$line" </dev/null >/dev/null 2>&1 & done\n'
-            "exec sleep infinity\n")
+    # the shell, which the parent sees as end of file instead of the line. init then execs
+    # anew, as a runtime starts a container's entrypoint once its file system is ready, and
+    # each line it reads is a command it starts as its own child (Container.spawn).
+    loop = 'echo ready; while read -r line; do sh -c "$line" </dev/null >/dev/null 2>&1 & done'
+    return f"set -e\n{mounts}exec sh -c '{loop}; exec sleep infinity'\n"
 
 
 def _children(pid: int) -> list[int]:

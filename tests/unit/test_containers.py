@@ -300,10 +300,38 @@ def discovered(monkeypatch: pytest.MonkeyPatch, found: list[MappedFile],
         return [replace(m, pids=set(m.pids)) for m in found]
 
     monkeypatch.setattr(tlsfamily, "files_in_use", fake)
+    # Only these files: not the libraries of this machine's own containers.
+    monkeypatch.setattr(tlsfamily, "running_pids", lambda: [])
     module = OpenSSLModule(dict(config or {}))
     module.init()
     assert asked and asked[0][0] == LIBSSL_PATTERNS
     return module
+
+
+def test_a_new_namespace_gets_its_library_before_any_process_maps_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, libssl: str) -> None:
+    """namespace_targets: the library at the system path of a mount namespace not ours,
+    found under the process's root, attached as a copy; the same file twice is nothing."""
+    module = discovered(monkeypatch, [in_use(libssl, libssl, None, set())])
+    copy = copy_as(libssl, tmp_path, os.path.basename(libssl))
+    me = os.getpid()
+    root = f"/proc/{me}/root"
+    looked: list[str] = []
+
+    def find(patterns: Any, pid: Any = None, root: str = "") -> str | None:
+        looked.append(root)
+        return root + copy
+    monkeypatch.setattr(tlsfamily, "find_library", find)
+    monkeypatch.setattr(tlsfamily, "mount_namespace", lambda pid: OTHER_NS)
+    (new,) = module.namespace_targets(me)
+    assert new.refused is None and new.probes
+    assert new.target.mntns == OTHER_NS and new.target.seen_as == copy
+    assert new.target.processes == 0
+    assert module.namespace_targets(me) == []  # known now
+    assert looked == [root]  # the path is learned once per namespace
+    # Our own namespace is not looked in: its files are found where they are mapped.
+    monkeypatch.setattr(tlsfamily, "mount_namespace", lambda pid: module._my_mntns)
+    assert module.namespace_targets(me) == []
 
 
 def test_a_copy_of_the_same_build_reuses_the_probes(
@@ -410,7 +438,7 @@ def test_max_libraries_refuses_what_is_beyond_it(
     assert module.refused_files == 1
     (note,) = [n for n in module.notes if n.startswith("not attached")]
     assert note == (f"not attached: {libssl} (mntns {OTHER_NS}), mapped by 1 process(es): "
-                    f"{limit} library files are attached already (--max-libraries)")
+                    f"the limit of {limit} library files is reached (--max-libraries)")
 
 
 def test_the_default_limit_allows_the_copy(
@@ -451,6 +479,7 @@ def test_pid_looks_below_it_and_takes_a_file_it_finds(
         return [in_use(copy, "/usr/lib/libssl.so.3", OTHER_NS, {kid.pid})]
 
     monkeypatch.setattr(tlsfamily, "files_in_use", fake)
+    monkeypatch.setattr(tlsfamily, "running_pids", lambda: [])
     module = OpenSSLModule({"pid": kid.pid})
     module.init()
     assert asked == [{kid.pid}]
@@ -487,7 +516,7 @@ def test_new_targets_of_a_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     module.config["max_libraries"] = 2
     (no,) = module.new_targets(23) or []
     assert no.probes == [] and no.refused == \
-        "2 library files are attached already (--max-libraries)"
+        "the limit of 2 library files is reached (--max-libraries)"
     assert (no.target.path, no.target.mntns) == (refused, OTHER_NS + 1)
     assert module.refused_files == 1 and module.new_targets(23) == []
     assert no.target not in module.targets
