@@ -248,8 +248,9 @@ class TlsLibraryModule(Module):
         # up; apply(): what those lookups found, by pid, and the late attaches (summary)
         self._seen_pids: set[int] = set()
         self._my_mntns = mount_namespace(os.getpid())
-        # mount namespace -> where its library is inside, "" for none (_namespace_file)
-        self._namespace_paths: dict[int, str] = {}
+        # (mount namespace, its root's device and inode) -> where its library is inside,
+        # "" for none (_namespace_file)
+        self._namespace_paths: dict[tuple[int, int, int], str] = {}
         self._places: dict[int, Place] = {}
         self._place_objects: dict[Place, Place] = {}
         self._late: list[LibraryAttached] = []
@@ -442,18 +443,30 @@ class TlsLibraryModule(Module):
     def _namespace_file(self, pid: int) -> MappedFile | None:
         """The module's library in the mount namespace of ``pid``, if that is not ours:
         where the linker cache's paths (ours) lead under its root, learned once per
-        namespace, then one stat per look (a mount may put another file there)."""
+        namespace, then one stat per look (a mount may put another file there).
+
+        A namespace's inode number is reused as soon as it is gone, so what was learned is
+        keyed by its root directory too (a new container's root is another mount), and
+        "nothing here" is learned only from a process that was still alive after the
+        search: one on its way out has no root to look in, which says nothing."""
         mntns = mount_namespace(pid)
         if mntns is None or mntns == self._my_mntns:
             return None
         root = f"/proc/{pid}/root"
-        inside = self._namespace_paths.get(mntns)
+        try:
+            top = os.stat(root)
+        except OSError:
+            return None  # the process is gone
+        key = (mntns, top.st_dev, top.st_ino)
+        inside = self._namespace_paths.get(key)
         if inside is None:
             found = find_library(self.library_patterns, root=root)
             inside = found[len(root):] if found else ""
+            if not found and not os.path.exists(root):
+                return None  # gone while looked in: ask the namespace's next process
             if len(self._namespace_paths) >= PLACES_MAX:
                 self._namespace_paths.clear()
-            self._namespace_paths[mntns] = inside
+            self._namespace_paths[key] = inside
         if not inside:
             return None
         try:

@@ -334,6 +334,31 @@ def test_a_new_namespace_gets_its_library_before_any_process_maps_it(
     assert module.namespace_targets(me) == []
 
 
+def test_a_process_gone_while_its_namespace_is_looked_in_teaches_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, libssl: str) -> None:
+    """A namespace's first process may exit while its root is searched (a container's first
+    `mount`): finding nothing then must not be learned, or the namespace (or a new one that
+    reuses its inode number) would never have its library attached."""
+    module = discovered(monkeypatch, [in_use(libssl, libssl, None, set())])
+    copy = copy_as(libssl, tmp_path, os.path.basename(libssl))
+    brief = subprocess.Popen(["sleep", "60"])
+    gone = {"yet": False}
+
+    def find(patterns: Any, pid: Any = None, root: str = "") -> str | None:
+        if not gone["yet"]:  # the process exits while we look
+            gone["yet"] = True
+            brief.kill()
+            brief.wait()
+            return None
+        return root + copy
+    monkeypatch.setattr(tlsfamily, "find_library", find)
+    monkeypatch.setattr(tlsfamily, "mount_namespace", lambda pid: OTHER_NS)
+    assert module.namespace_targets(brief.pid) == []
+    assert not module._namespace_paths
+    (new,) = module.namespace_targets(os.getpid())  # the namespace's next process
+    assert new.refused is None and new.target.seen_as == copy
+
+
 def test_a_copy_of_the_same_build_reuses_the_probes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, libssl: str) -> None:
     copy = copy_as(libssl, tmp_path, os.path.basename(libssl))
