@@ -31,7 +31,7 @@ from ecapture.testing.containers import (
     missing_docker,
     missing_tools,
 )
-from ecapture.testing.plugin import unavailable
+from ecapture.testing.plugin import LiveCapture, unavailable
 
 pytestmark = [pytest.mark.ecapture_module("tls"), pytest.mark.requires_lib("libssl.so.3")]
 
@@ -138,7 +138,7 @@ def test_short_lived_curl_in_containers_started_after_the_capture(
         for i in range(PRIME):
             box = alive.enter_context(container(tmp_path / f"box{i}"))
             boxes[box.mntns] = i
-            _wait_attached(cap.out_path, box.mntns)
+            _wait_attached(cap, box.mntns)
             done = box.run(["curl", "-sk", f"https://127.0.0.1:{port}/short-{i:02d}"],
                            capture_output=True, text=True, timeout=30)
             assert done.returncode == 0 and done.stdout == f"hello /short-{i:02d}\n"
@@ -201,7 +201,8 @@ def test_pid_of_a_container_init_covers_its_later_children(capture, cert,
         err = cap.err_path.read_text()
         attached_line(err, box, "no process yet")
         log = tmp_path / "server.log"
-        box.spawn(f"{sys.executable} {PROGRAMS / 'https_server.py'} {cert[0]} {cert[1]} "
+        # exec: the server is init's child itself, not a shell's
+        box.spawn(f"exec {sys.executable} {PROGRAMS / 'https_server.py'} {cert[0]} {cert[1]} "
                   f"> {log}")
         port = _ready_port(log)
         pid = _child_running(box.pid, "https_server.py")
@@ -264,14 +265,16 @@ def _child_running(parent: int, needle: str, timeout: float = 10.0) -> int:
     raise AssertionError(f"no child of {parent} runs {needle}")
 
 
-def _wait_attached(out: Path, mntns: int, timeout: float = 10.0) -> None:
+def _wait_attached(cap: LiveCapture, mntns: int, timeout: float = 10.0) -> None:
     """Until the capture's text output says it attached to a file in ``mntns``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if re.search(rf"(?<!NOT )ATTACHED \S+ \([^)]*\) in mntns {mntns} ", out.read_text()):
+        if re.search(rf"(?<!NOT )ATTACHED \S+ \([^)]*\) in mntns {mntns} ",
+                     cap.out_path.read_text()):
             return
         time.sleep(0.01)
-    raise AssertionError(f"no ATTACHED line for mntns {mntns} in:\n{out.read_text()}")
+    raise AssertionError(f"no ATTACHED line for mntns {mntns} in:\n{cap.out_path.read_text()}\n"
+                         f"the capture's stderr:\n{cap.err_path.read_text()}")
 
 
 def _ready_port(log: Path, timeout: float = 10.0) -> int:
