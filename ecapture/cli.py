@@ -432,7 +432,9 @@ def _run_output(args: argparse.Namespace) -> int:
     # with the recording. The parent stops it with SIGTERM on a second Ctrl-C.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    growing = GrowingFile(args.follow_fd, args.notify_fd)
+    # Flushed whenever it has caught up: `ecapture tls | grep ...` or `> file` shows each
+    # event as it comes, as a terminal does, not when a block has filled.
+    growing = GrowingFile(args.follow_fd, args.notify_fd, caught_up=sys.stdout.flush)
     summary = ""
     try:
         with Reader(growing) as reader:  # type: ignore[arg-type]

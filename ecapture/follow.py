@@ -5,8 +5,10 @@ Live capture runs its output as a replay of the recording the capture is writing
 never compete with draining the kernel's buffers. :class:`GrowingFile` makes that
 recording look like an ordinary file to :class:`ecapture.record.reader.Reader`: a read at
 its current end waits until the writer adds more, and returns end-of-file only once the
-writer says it is done. While it waits, it calls ``idle`` so that the pipeline can release
-what it holds back for ordering.
+writer says it is done. Each time it has caught up with the writer it calls ``caught_up``
+(the output flushes what it printed: a pipe or a file shows it now, not once some KiB have
+gathered), and while it waits it calls ``idle`` so that the pipeline can release what it
+holds back for ordering.
 
 The writer signals over a pipe: one byte (any) after each batch it writes, and closing its
 end when it is done (or when it dies). No other I/O here.
@@ -26,10 +28,12 @@ WAIT_S = 0.1  # also how often ``idle`` runs while nothing comes
 class GrowingFile:
     """``read()`` over file descriptor ``fd`` that waits at the end for the writer."""
 
-    def __init__(self, fd: int, notify_fd: int, idle: Callable[[int], None] | None = None):
+    def __init__(self, fd: int, notify_fd: int, idle: Callable[[int], None] | None = None,
+                 caught_up: Callable[[], None] | None = None):
         self.fd = fd
         self.notify_fd = notify_fd
         self.idle = idle  # called with CLOCK_MONOTONIC ns while waiting
+        self.caught_up = caught_up  # called at the file's end, before waiting
         self.name = f"<recording being written, fd {fd}>"
         self._writer_done = False
         self._poller = select.poll()
@@ -44,6 +48,8 @@ class GrowingFile:
             self._wait()
 
     def _wait(self) -> None:
+        if self.caught_up is not None:
+            self.caught_up()
         if self._poller.poll(int(WAIT_S * 1000)):
             try:
                 signal = os.read(self.notify_fd, 4096)

@@ -321,9 +321,12 @@ def live_capture(request: pytest.FixtureRequest,
         out, err = tmp_path / f"cap{n}.out", tmp_path / f"cap{n}.err"
         rec = tmp_path / f"cap{n}.ecap" if record else None
         cmd = [*ecapture_cmd(), module, *args] + (["--record", str(rec)] if rec else [])
+        # Its output goes to a file, as `ecapture tls > file` does for a user: with the
+        # buffering Python gives a file, whatever the environment running the tests says.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(cmd, stdout=o, stderr=e, cwd=request.config.rootpath,
-                                    env={**os.environ, "TZ": "UTC", "PYTHONFAULTHANDLER": "1"})
+                                    env={**env, "TZ": "UTC", "PYTHONFAULTHANDLER": "1"})
         cap = LiveCapture(proc, out, err, rec, request.config)
         started.append(cap)
         deadline = time.monotonic() + ATTACH_TIMEOUT

@@ -76,3 +76,30 @@ def test_the_reader_ticks_while_it_waits(tmp_path: Path) -> None:
     timer.join()
     growing.close()
     assert len(ticks) >= 2 and ticks == sorted(ticks)
+
+
+def test_the_reader_says_when_it_has_caught_up(tmp_path: Path) -> None:
+    """``caught_up`` runs at the file's end before each wait, once every item written so
+    far has been handed over: the live output flushes there, so a pipe shows each batch
+    as it comes, not only at the end."""
+    path = tmp_path / "caught-up.ecap"
+    path.touch()
+    notify_r, notify_w = os.pipe()
+    items: list[object] = []
+    handed_over: list[int] = []
+    growing = GrowingFile(os.open(path, os.O_RDONLY), notify_r,
+                          caught_up=lambda: handed_over.append(len(items)))
+    thread = threading.Thread(target=write_slowly, args=(path, notify_w, True))
+    thread.start()
+    try:
+        with Reader(growing) as reader:  # type: ignore[arg-type]
+            for item in reader:
+                items.append(item)
+    finally:
+        thread.join()
+        growing.close()
+    assert items == ITEMS
+    # write_slowly writes 9 batches with pauses between them: the reader caught up with
+    # several while the writer went on, having handed over more each time.
+    assert handed_over == sorted(handed_over)
+    assert len({n for n in handed_over if 0 < n < len(ITEMS)}) >= 3
