@@ -246,19 +246,22 @@ BPF_F_UPROBE_MULTI_RETURN = 1
 
 
 def link_create_uprobe_multi(prog_fd: int, path: str, offsets: list[int],
-                             ret: bool = False) -> int:
+                             ret: bool = False, ref_ctr: int = 0) -> int:
     """A uprobe_multi link: ``prog_fd`` (a kprobe-type program loaded for
-    BPF_TRACE_UPROBE_MULTI) at each file offset of ``path`` (uretprobes with ``ret``).
-    Returns the link's fd; raises OSError with the kernel's errno (EINVAL before 6.6)."""
+    BPF_TRACE_UPROBE_MULTI) at each file offset of ``path`` (uretprobes with ``ret``), with
+    ``ref_ctr`` as each one's USDT semaphore offset (0: none). Returns the link's fd;
+    raises OSError with the kernel's errno (EINVAL before 6.6)."""
     name = ctypes.create_string_buffer(os.fsencode(path))
     offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+    ref_ctrs = (ctypes.c_uint64 * len(offsets))(*[ref_ctr] * len(offsets))
     attr = bytearray(_ATTR_SIZE)
     # link_create: prog_fd, target_fd, attach_type, flags, then uprobe_multi: path,
     # offsets, ref_ctr_offsets, cookies, cnt, flags, pid
     struct.pack_into("=IIIIQQQQIII", attr, 0, prog_fd, 0, BPF_TRACE_UPROBE_MULTI, 0,
-                     ctypes.addressof(name), ctypes.addressof(offs), 0, 0, len(offsets),
+                     ctypes.addressof(name), ctypes.addressof(offs),
+                     ctypes.addressof(ref_ctrs) if ref_ctr else 0, 0, len(offsets),
                      BPF_F_UPROBE_MULTI_RETURN if ret else 0, 0)
     try:
         return bpf(BPF_LINK_CREATE, attr)
     finally:
-        del name, offs
+        del name, offs, ref_ctrs

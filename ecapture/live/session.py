@@ -26,7 +26,7 @@ from ecapture.live.btf import member_offsets
 from ecapture.live.perfbuf import PerfBufferReader
 from ecapture.live.ringbuf import RingBufferReader
 from ecapture.live.tc import TcAttachments
-from ecapture.live.uprobes import UprobeLinks, detach_bcc_uprobes, has_uprobe_links
+from ecapture.live.uprobes import Uprobes, detach_bcc_uprobes, has_uprobe_links
 from ecapture.modules.base import Features, Module, Observation, Probe, Program
 from ecapture.pipeline import Binding
 from ecapture.targets import elf_symbols
@@ -109,7 +109,7 @@ class LiveSession:
         self.readers: list[Reader] = []
         self.notes: list[str] = []  # one-line remarks for the user (e.g. a filter's fallback)
         self._failed_files: set[str | None] = set()  # files a best-effort probe failed on
-        self._links = UprobeLinks()  # uprobes that went on as BPF links
+        self._uprobes = Uprobes()  # as BPF links once the kernel is known to have them
         self.kernel_filter = False  # -m pcap's filter runs in the kernel
         self._loaded: list[_Loaded] = []
         self._tracefs = ""
@@ -153,7 +153,7 @@ class LiveSession:
             self.features.kernel_offsets = dict(member_offsets(FILE_TABLE_OFFSETS))
         if members := self.module.kernel_members():
             self.features.kernel_offsets.update(member_offsets(members))
-        self._links.supported = has_uprobe_links()
+        self._uprobes.supported = has_uprobe_links()
         return self.features
 
     def cflags(self, program: Program) -> list[str]:
@@ -238,12 +238,9 @@ class LiveSession:
         if probe.optional and probe.target not in elf_symbols(probe.library):
             self.skipped.append(probe)
             return
-        attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
         try:
-            if not self._links.attach(bpf, probe.fn, probe.library, probe.target, None,
-                                      probe.kind == "uretprobe"):
-                attach(name=probe.library.encode(), sym=probe.target.encode(),
-                       fn_name=probe.fn.encode())
+            self._uprobes.attach(bpf, probe.fn, probe.library, probe.target, None,
+                                 probe.kind == "uretprobe")
         except Exception as e:
             raise AttachError(f"attaching {probe.kind} {probe.target} in {probe.library} "
                               f"failed: {_one_line(e)}") from None
@@ -273,12 +270,9 @@ class LiveSession:
         assert probe.library is not None and probe.address is not None
         if probe.kind not in ("uprobe", "uretprobe"):
             raise AttachError(f"{probe.kind} {probe.target}: only uprobes attach at an address")
-        attach = bpf.attach_uprobe if probe.kind == "uprobe" else bpf.attach_uretprobe
         try:
-            if not self._links.attach(bpf, probe.fn, probe.library, None, probe.address,
-                                      probe.kind == "uretprobe"):
-                attach(name=probe.library.encode(), addr=probe.address,
-                       fn_name=probe.fn.encode())
+            self._uprobes.attach(bpf, probe.fn, probe.library, None, probe.address,
+                                 probe.kind == "uretprobe")
         except Exception as e:
             raise AttachError(f"attaching {probe.kind} {probe.target} (0x{probe.address:x}) in "
                               f"{probe.library} failed: {_one_line(e)}") from None
@@ -349,7 +343,7 @@ class LiveSession:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._filter_fds.clear()
-        self._links.close()
+        self._uprobes.close()
         for loaded in self._loaded:
             detach_bcc_uprobes(loaded.bpf)
             loaded.bpf.cleanup()

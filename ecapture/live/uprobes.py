@@ -1,5 +1,5 @@
 """Uprobes as BPF links where the kernel has them (uprobe_multi, Linux 6.6+), else as
-bcc's perf-event uprobes; and detaching either kind from several threads at once.
+perf-event uprobes; and detaching either kind from several threads at once.
 
 Why links: closing a perf-event uprobe waits for RCU grace periods while holding the
 kernel's one event_mutex, about 0.2 s a probe on 6.x kernels, so the 800 probes of 50
@@ -7,12 +7,19 @@ containers' copies of libssl took minutes to detach. Closing a link waits for th
 grace periods without that mutex: closed from many threads, they share the waits, and
 the 800 go in about a second. Attaching one is a single bpf(2) call, too.
 
+Why not bcc's attach_uprobe for perf-event uprobes: the Python bindings of bcc 0.26 (Debian
+12's) call libbcc's bpf_attach_uprobe() without its last argument, the USDT semaphore's
+offset, so the kernel gets whatever the stack held there: a counter it then increments in
+every process that maps the file, and a uprobe that no other one on the same instruction
+matches (the kernel refuses those with EINVAL and logs "ref_ctr_offset mismatch").
+
 Live layer: bcc loads the programs; bpf(2) makes the links.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +60,18 @@ def has_uprobe_links() -> bool:
     return False
 
 
-class UprobeLinks:
-    """The uprobes of one session that went on as links, where ``supported``."""
+#: the kernel's refusal of a uprobe where another one is on the same instruction with
+#: another USDT semaphore offset: most often a tool using bcc 0.26's Python bindings
+REF_CTR_CLASH = (
+    "the kernel refused it (EINVAL): most often another tool has a uprobe on this same "
+    "instruction with a USDT semaphore offset, which bcc 0.26's Python bindings set by "
+    "mistake (the kernel log says \"ref_ctr_offset mismatch\"); stop that tool "
+    "(sslsniff-bpfcc, an older ecapture, ...) and start again")
+
+
+class Uprobes:
+    """The uprobes of one session: links where ``supported``, else perf-event uprobes
+    that bcc's cleanup detaches (:func:`detach_bcc_uprobes` first, in parallel)."""
 
     def __init__(self, supported: bool = False) -> None:
         self.fds: list[int] = []
@@ -66,16 +83,22 @@ class UprobeLinks:
         self._offsets: dict[tuple[str, str | None, int | None], tuple[bytes, int]] = {}
 
     def attach(self, bpf: Any, fn: str, library: str, symbol: str | None,
-               address: int | None, ret: bool) -> bool:
+               address: int | None, ret: bool) -> None:
         """Attach bcc function ``fn`` at ``symbol`` (or virtual ``address``) of
-        ``library`` as a link; False where this kernel has none (the caller uses bcc's
-        uprobes). Failures raise, as bcc's own attach would."""
-        if not self.supported:
-            return False
+        ``library``. Failures raise: AttachError for a clash with another tool's uprobe,
+        else as bcc's own attach would."""
         path, offset = self._offset(bpf, library, symbol, address)
+        if not self.supported:
+            attach_perf_uprobe(bpf, fn, path, offset, ret)
+            return
         prog = bpf.load_func(fn.encode(), bpf.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
-        self.fds.append(link_create_uprobe_multi(prog.fd, os.fsdecode(path), [offset], ret))
-        return True
+        try:
+            link = link_create_uprobe_multi(prog.fd, os.fsdecode(path), [offset], ret)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                raise AttachError(REF_CTR_CLASH) from None
+            raise
+        self.fds.append(link)
 
     def _offset(self, bpf: Any, library: str, symbol: str | None, address: int | None
                 ) -> tuple[bytes, int]:
@@ -97,6 +120,35 @@ class UprobeLinks:
         """Detach every link, many at a time."""
         fds, self.fds = self.fds, []
         _in_parallel(_close_fd, fds)
+
+
+_bpf_attach_uprobe: Any = None
+
+
+def attach_perf_uprobe(bpf: Any, fn: str, path: bytes, offset: int, ret: bool) -> None:
+    """What bcc's attach_uprobe/attach_uretprobe do, with the USDT semaphore offset given
+    (0: none) that bcc 0.26's bindings leave to chance; bcc's bookkeeping takes the event,
+    so that its detach and cleanup work as for its own."""
+    global _bpf_attach_uprobe
+    if _bpf_attach_uprobe is None:
+        from bcc.libbcc import lib  # the live layer's bcc, loaded by now
+
+        # Our own handle on the library: argument types of our own, bcc's left alone.
+        attach = ctypes.CDLL(lib._name, use_errno=True).bpf_attach_uprobe
+        attach.restype = ctypes.c_int
+        attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                           ctypes.c_ulonglong, ctypes.c_int, ctypes.c_uint32]
+        _bpf_attach_uprobe = attach
+    prog = bpf.load_func(fn.encode(), bpf.KPROBE)
+    name = bpf._get_uprobe_evname(b"r" if ret else b"p", path, offset, -1)
+    fd = _bpf_attach_uprobe(prog.fd, 1 if ret else 0, name, path, offset, -1, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err == errno.EINVAL:
+            raise AttachError(REF_CTR_CLASH)
+        raise OSError(err, f"cannot attach a {'uretprobe' if ret else 'uprobe'}: "
+                           f"{os.strerror(err)}")
+    bpf._add_uprobe_fd(name, fd)
 
 
 def detach_bcc_uprobes(bpf: Any) -> None:
