@@ -131,10 +131,11 @@ def attach_perf_uprobe(bpf: Any, fn: str, path: bytes, offset: int, ret: bool) -
     so that its detach and cleanup work as for its own."""
     global _bpf_attach_uprobe
     if _bpf_attach_uprobe is None:
-        from bcc.libbcc import lib  # the live layer's bcc, loaded by now
+        from ecapture.live.bccload import load_bcc
 
-        # Our own handle on the library: argument types of our own, bcc's left alone.
-        attach = ctypes.CDLL(lib._name, use_errno=True).bpf_attach_uprobe
+        # Our own handle on bcc's library: argument types of our own, bcc's left alone.
+        library = load_bcc().libbcc.lib._name
+        attach = ctypes.CDLL(library, use_errno=True).bpf_attach_uprobe
         attach.restype = ctypes.c_int
         attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
                            ctypes.c_ulonglong, ctypes.c_int, ctypes.c_uint32]
