@@ -213,6 +213,13 @@ def container(
 PODMAN = ("podman", "--runtime", "runc")
 
 
+# Where the root file system is itself overlayfs (the kernel matrix's guests), podman's
+# overlay driver cannot run: its vfs driver can, with a store of its own so that the
+# machine's podman storage (made with another driver) is left alone.
+VFS_STORE = ("--storage-driver", "vfs", "--root", "/var/tmp/ecapture-podman/storage",
+             "--runroot", "/run/ecapture-podman")
+
+
 def missing_docker(engine: Sequence[str] = PODMAN) -> str | None:
     """One line saying why ``docker_container`` cannot work here, or None when it can."""
     if os.geteuid() != 0:
@@ -220,9 +227,21 @@ def missing_docker(engine: Sequence[str] = PODMAN) -> str | None:
     for tool in (engine[0], *(["runc"] if "runc" in engine else []), "nsenter", "ldd", "tar"):
         if shutil.which(tool) is None:
             return f"missing: {tool}"
+    return _engine_info(engine)
+
+
+def _engine_info(engine: Sequence[str]) -> str | None:
     probe = subprocess.run([*engine, "info"], capture_output=True, text=True, timeout=60)
     lines = (probe.stderr.strip() or "no output").splitlines()
     return None if probe.returncode == 0 else f"{engine[0]} info failed: {lines[-1]}"
+
+
+def working_engine(engine: Sequence[str] = PODMAN) -> Sequence[str]:
+    """``engine``, or podman with its vfs store where overlay storage cannot run here."""
+    if engine[0] == "podman" and _engine_info(engine) is not None \
+            and _engine_info([*engine, *VFS_STORE]) is None:
+        return [*engine, *VFS_STORE]
+    return engine
 
 
 def _host_rootfs(root: Path, programs: Sequence[str]) -> None:
@@ -258,6 +277,7 @@ def docker_container(
 ) -> Iterator[Container]:
     """A real engine container on the host network, from an image of host files imported
     offline (no registry): its libraries are files of the engine's storage, not the host's."""
+    engine = working_engine(engine)
     if reason := missing_docker(engine):
         raise RuntimeError(f"cannot run an engine container: {reason}")
     root = workdir / "rootfs"

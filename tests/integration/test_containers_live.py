@@ -30,6 +30,7 @@ from ecapture.testing.containers import (
     host_library,
     missing_docker,
     missing_tools,
+    working_engine,
 )
 from ecapture.testing.plugin import LiveCapture, unavailable
 
@@ -156,7 +157,7 @@ def test_short_lived_curl_in_containers_started_after_the_capture(
         assert boxes[o["mntns"]] == int(path.rsplit("-", 1)[1])
     # Each copy attached once, late, and the recording says when, after which process.
     late = [o for o in objs if o["type"] == "attached" and o["mntns"] in boxes]
-    assert sorted(o["mntns"] for o in late) == sorted(boxes)
+    assert sorted(o["mntns"] for o in late) == sorted(boxes), json.dumps(late[:6], indent=1)
     for o in late:
         # After one of the container's set-up processes (sh, mount), never curl.
         assert o["refused"] is None and o["comm"] != "curl"
@@ -217,7 +218,7 @@ def test_pid_of_a_container_init_covers_its_later_children(capture, cert,
 def test_podman_container(capture, https_server: Server, tmp_path: Path) -> None:
     """A real engine container (podman, image imported from host files): its libssl is a
     file of podman's storage. curl runs in it, started after the capture, PRIME times."""
-    if reason := missing_docker():
+    if reason := missing_docker(working_engine()):
         unavailable(f"podman cannot run containers here: {reason} "
                     "(apt-get install podman runc)")
     with docker_container(tmp_path / "podman") as box:
