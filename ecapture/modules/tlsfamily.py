@@ -315,7 +315,7 @@ class TlsLibraryModule(Module):
             # The containers whose processes map no library yet: what they will map.
             found += self._namespace_files(descendants(pid) if pid is not None else None)
         for mapped in found:
-            if mapped.key not in self._known:
+            if not self._is_known(mapped):
                 try:
                     self._add(self._copy(mapped))
                 except Refused as e:
@@ -349,6 +349,12 @@ class TlsLibraryModule(Module):
     def _add(self, copy: LibraryCopy) -> None:
         if copy.key is not None:
             self._known[copy.key] = copy
+            # A file on overlayfs: before Linux 6.x a maps line names the layer's file,
+            # stat() the overlay's, so one file has two keys. Known by both, it is not
+            # attached twice (the probes would fire twice) whichever way it is met next.
+            alias = file_key(copy.target.path)
+            if alias is not None:
+                self._known.setdefault(alias, copy)
         self.copies.append(copy)
         if copy.target not in self.targets:
             self.targets.append(copy.target)
@@ -411,9 +417,20 @@ class TlsLibraryModule(Module):
             return None
         out: list[NewTarget] = []
         for mapped in mapped_now:
-            if mapped.key not in self._known:
+            if not self._is_known(mapped):
                 out += self._new_target(mapped)
         return out
+
+    def _is_known(self, mapped: MappedFile) -> bool:
+        """Whether the file was attached or refused: by its key, or by the key stat()
+        gives it, which is another on overlayfs (see _add); then known by both."""
+        if mapped.key in self._known:
+            return True
+        alias = file_key(mapped.open_path)
+        if alias is None or alias not in self._known:
+            return False
+        self._known[mapped.key] = self._known[alias]
+        return True
 
     def _new_target(self, mapped: MappedFile) -> list[NewTarget]:
         try:
@@ -436,7 +453,7 @@ class TlsLibraryModule(Module):
         probes (its first registration waits for an RCU grace period), outlasts the few ms
         it takes to send its request. A new container's first processes get it on."""
         mapped = self._namespace_file(pid) if self.watching else None
-        if mapped is None or mapped.key in self._known:
+        if mapped is None or self._is_known(mapped):
             return []
         return self._new_target(mapped)
 

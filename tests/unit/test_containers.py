@@ -359,6 +359,29 @@ def test_a_process_gone_while_its_namespace_is_looked_in_teaches_nothing(
     assert new.refused is None and new.target.seen_as == copy
 
 
+@pytest.mark.parametrize("first", ["namespace", "maps"])
+def test_one_file_with_two_keys_is_attached_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, libssl: str, first: str) -> None:
+    """On overlayfs before Linux 6.x a maps line names the layer's file and stat() the
+    overlay's: one file, two (device, inode) keys. Met both ways, in either order, it is
+    attached once; twice, each call would be captured twice."""
+    module = discovered(monkeypatch, [in_use(libssl, libssl, None, set())])
+    copy = copy_as(libssl, tmp_path, os.path.basename(libssl))
+    st = os.stat(copy)
+    layer = MappedFile(st.st_dev + 1000, st.st_ino, copy, copy, OTHER_NS, {os.getpid()})
+    monkeypatch.setattr(tlsfamily, "find_library", lambda patterns, pid=None, root="": root + copy)
+    monkeypatch.setattr(tlsfamily, "mount_namespace", lambda pid: OTHER_NS)
+    monkeypatch.setattr(tlsfamily, "mapped_files", lambda pid, patterns: [layer])
+    me = os.getpid()
+    ways = [lambda: module.namespace_targets(me), lambda: module.new_targets(me)]
+    if first == "maps":
+        ways.reverse()
+    (new,) = ways[0]()
+    assert new.refused is None and new.probes
+    assert ways[1]() == []
+    assert len(module.copies) == 2  # the system's file and this one
+
+
 def test_a_copy_of_the_same_build_reuses_the_probes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, libssl: str) -> None:
     copy = copy_as(libssl, tmp_path, os.path.basename(libssl))
