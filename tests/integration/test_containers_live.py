@@ -72,14 +72,17 @@ def exchanges(objs: list[dict[str, Any]], role: str, prefix: str) -> list[dict[s
             and o["request"]["path"].startswith(prefix)]
 
 
-def attached_line(err: str, box: Container, users: str) -> str:
-    """The capture's line for the file ``box`` maps at the system's libssl path."""
+def attached_line(cap: LiveCapture, box: Container, users: str, timeout: float = 10.0) -> str:
+    """The capture's line for the file ``box`` maps at the system's libssl path. Those
+    lines follow the "probes attached" one that the capture fixture waits for."""
     # The path as the container knows it: the system's, or its /lib alias (--pid's lookup
     # goes by the linker cache's names).
     pattern = (rf"attached \S*/libssl\.so\.3 \(OpenSSL 3[^;]*; mntns {box.mntns}, "
                rf"{users}\)")
-    found = re.search(pattern, err)
-    assert found, f"no line like {pattern!r} in:\n{err}"
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, err := cap.err_path.read_text())):
+        assert time.monotonic() < deadline, f"no line like {pattern!r} in:\n{err}"
+        time.sleep(0.05)
     return found[0]
 
 
@@ -103,8 +106,7 @@ def test_long_lived_server_in_a_container(capture, cert, tmp_path: Path) -> None
         server, pid = server_in(box, cert)
         assert box.library_inode("libssl.so.3") != _inode(SYSTEM_LIBSSL)
         cap = capture()
-        err = cap.err_path.read_text()
-        attached_line(err, box, "1 process")
+        attached_line(cap, box, "1 process")
         paths = [f"/in-box-{i:02d}" for i in range(PRIME)]
         results = run_client(server.port, "get", *paths)
         text = cap.stop()
@@ -173,8 +175,7 @@ def test_two_containers_with_two_copies_at_once(capture, cert, tmp_path: Path) -
         server_a, pid_a = server_in(a, cert)
         server_b, pid_b = server_in(b, cert)
         cap = capture()
-        err = cap.err_path.read_text()
-        assert attached_line(err, a, "1 process") != attached_line(err, b, "1 process")
+        assert attached_line(cap, a, "1 process") != attached_line(cap, b, "1 process")
         results_a = run_client(server_a.port, "get", *[f"/a-{i:02d}" for i in range(PRIME)])
         results_b = run_client(server_b.port, "get",
                                *[f"/b-{i:02d}" for i in range(OTHER_PRIME)])
@@ -199,8 +200,7 @@ def test_pid_of_a_container_init_covers_its_later_children(capture, cert,
     libssl of the container's file system, and follows the processes init starts after."""
     with container(tmp_path / "box") as box:
         cap = capture("--pid", str(box.pid))
-        err = cap.err_path.read_text()
-        attached_line(err, box, "no process yet")
+        attached_line(cap, box, "no process yet")
         log = tmp_path / "server.log"
         # exec: the server is init's child itself, not a shell's
         box.spawn(f"exec {sys.executable} {PROGRAMS / 'https_server.py'} {cert[0]} {cert[1]} "
