@@ -9,9 +9,10 @@ the 800 go in about a second. Attaching one is a single bpf(2) call, too.
 
 Why not bcc's attach_uprobe for perf-event uprobes: the Python bindings of bcc 0.26 (Debian
 12's) call libbcc's bpf_attach_uprobe() without its last argument, the USDT semaphore's
-offset, so the kernel gets whatever the stack held there: a counter it then increments in
-every process that maps the file, and a uprobe that no other one on the same instruction
-matches (the kernel refuses those with EINVAL and logs "ref_ctr_offset mismatch").
+offset, so the kernel gets whatever the stack held there: a counter it increments in every
+process that maps the file, wherever that offset falls in a writable mapping of it, and a
+uprobe that no other one on the same instruction matches (the kernel refuses those with
+EINVAL and logs "ref_ctr_offset mismatch").
 
 Live layer: bcc loads the programs; bpf(2) makes the links.
 """
