@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -123,27 +124,26 @@ class Uprobes:
         _in_parallel(_close_fd, fds)
 
 
-_bpf_attach_uprobe: Any = None
+@functools.cache
+def _bpf_attach_uprobe() -> Any:
+    """libbcc's bpf_attach_uprobe() with all of its arguments typed, through our own handle
+    on the library: bcc's own binding is left as it is."""
+    from ecapture.live.bccload import load_bcc
+
+    attach = ctypes.CDLL(load_bcc().libbcc.lib._name, use_errno=True).bpf_attach_uprobe
+    attach.restype = ctypes.c_int
+    attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                       ctypes.c_ulonglong, ctypes.c_int, ctypes.c_uint32]
+    return attach
 
 
 def attach_perf_uprobe(bpf: Any, fn: str, path: bytes, offset: int, ret: bool) -> None:
     """What bcc's attach_uprobe/attach_uretprobe do, with the USDT semaphore offset given
     (0: none) that bcc 0.26's bindings leave to chance; bcc's bookkeeping takes the event,
     so that its detach and cleanup work as for its own."""
-    global _bpf_attach_uprobe
-    if _bpf_attach_uprobe is None:
-        from ecapture.live.bccload import load_bcc
-
-        # Our own handle on bcc's library: argument types of our own, bcc's left alone.
-        library = load_bcc().libbcc.lib._name
-        attach = ctypes.CDLL(library, use_errno=True).bpf_attach_uprobe
-        attach.restype = ctypes.c_int
-        attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-                           ctypes.c_ulonglong, ctypes.c_int, ctypes.c_uint32]
-        _bpf_attach_uprobe = attach
     prog = bpf.load_func(fn.encode(), bpf.KPROBE)
     name = bpf._get_uprobe_evname(b"r" if ret else b"p", path, offset, -1)
-    fd = _bpf_attach_uprobe(prog.fd, 1 if ret else 0, name, path, offset, -1, 0)
+    fd = _bpf_attach_uprobe()(prog.fd, 1 if ret else 0, name, path, offset, -1, 0)
     if fd < 0:
         err = ctypes.get_errno()
         if err == errno.EINVAL:

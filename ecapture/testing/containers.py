@@ -227,10 +227,12 @@ def missing_docker(engine: Sequence[str] = PODMAN) -> str | None:
     for tool in (engine[0], *(["runc"] if "runc" in engine else []), "nsenter", "ldd", "tar"):
         if shutil.which(tool) is None:
             return f"missing: {tool}"
-    return _engine_info(engine)
+    return _engine_info(tuple(engine))
 
 
-def _engine_info(engine: Sequence[str]) -> str | None:
+@functools.cache
+def _engine_info(engine: tuple[str, ...]) -> str | None:
+    """Why ``engine info`` fails, or None; asked once per engine (it takes a while)."""
     probe = subprocess.run([*engine, "info"], capture_output=True, text=True, timeout=60)
     lines = (probe.stderr.strip() or "no output").splitlines()
     return None if probe.returncode == 0 else f"{engine[0]} info failed: {lines[-1]}"
@@ -238,9 +240,9 @@ def _engine_info(engine: Sequence[str]) -> str | None:
 
 def working_engine(engine: Sequence[str] = PODMAN) -> Sequence[str]:
     """``engine``, or podman with its vfs store where overlay storage cannot run here."""
-    if engine[0] == "podman" and _engine_info(engine) is not None \
-            and _engine_info([*engine, *VFS_STORE]) is None:
-        return [*engine, *VFS_STORE]
+    if engine[0] == "podman" and _engine_info(tuple(engine)) is not None \
+            and _engine_info((*engine, *VFS_STORE)) is None:
+        return (*engine, *VFS_STORE)
     return engine
 
 

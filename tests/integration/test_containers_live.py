@@ -72,17 +72,15 @@ def exchanges(objs: list[dict[str, Any]], role: str, prefix: str) -> list[dict[s
             and o["request"]["path"].startswith(prefix)]
 
 
-def attached_line(cap: LiveCapture, box: Container, users: str, timeout: float = 10.0) -> str:
+def attached_line(cap: LiveCapture, box: Container, users: str) -> str:
     """The capture's line for the file ``box`` maps at the system's libssl path. Those
     lines follow the "probes attached" one that the capture fixture waits for."""
     # The path as the container knows it: the system's, or its /lib alias (--pid's lookup
     # goes by the linker cache's names).
     pattern = (rf"attached \S*/libssl\.so\.3 \(OpenSSL 3[^;]*; mntns {box.mntns}, "
                rf"{users}\)")
-    deadline = time.monotonic() + timeout
-    while not (found := re.search(pattern, err := cap.err_path.read_text())):
-        assert time.monotonic() < deadline, f"no line like {pattern!r} in:\n{err}"
-        time.sleep(0.05)
+    found = _wait_for(cap.err_path, pattern)
+    assert found, f"no line like {pattern!r} in:\n{cap.err_path.read_text()}"
     return found[0]
 
 
@@ -266,23 +264,28 @@ def _child_running(parent: int, needle: str, timeout: float = 10.0) -> int:
     raise AssertionError(f"no child of {parent} runs {needle}")
 
 
-def _wait_attached(cap: LiveCapture, mntns: int, timeout: float = 10.0) -> None:
-    """Until the capture's text output says it attached to a file in ``mntns``."""
+def _wait_for(path: Path, pattern: str, timeout: float = 10.0) -> re.Match[str] | None:
+    """The first match of ``pattern`` in the file ``path`` (which a process is writing),
+    as soon as there is one; None when ``timeout`` seconds passed first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if re.search(rf"(?<!NOT )ATTACHED \S+ \([^)]*\) in mntns {mntns} ",
-                     cap.out_path.read_text()):
-            return
+    while True:
+        if path.exists() and (found := re.search(pattern, path.read_text())):
+            return found
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(0.01)
-    raise AssertionError(f"no ATTACHED line for mntns {mntns} in:\n{cap.out_path.read_text()}\n"
-                         f"the capture's stderr:\n{cap.err_path.read_text()}")
 
 
-def _ready_port(log: Path, timeout: float = 10.0) -> int:
+def _wait_attached(cap: LiveCapture, mntns: int) -> None:
+    """Until the capture's text output says it attached to a file in ``mntns``."""
+    if not _wait_for(cap.out_path, rf"(?<!NOT )ATTACHED \S+ \([^)]*\) in mntns {mntns} "):
+        raise AssertionError(f"no ATTACHED line for mntns {mntns} in:\n"
+                             f"{cap.out_path.read_text()}\n"
+                             f"the capture's stderr:\n{cap.err_path.read_text()}")
+
+
+def _ready_port(log: Path) -> int:
     """The port in the "READY <port>" line a server writes to ``log``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and (found := re.match(r"READY (\d+)", log.read_text())):
-            return int(found[1])
-        time.sleep(0.02)
-    raise AssertionError(f"the server wrote no READY line to {log}")
+    found = _wait_for(log, r"\AREADY (\d+)")
+    assert found, f"the server wrote no READY line to {log}"
+    return int(found[1])

@@ -18,6 +18,7 @@ import pytest
 
 from ecapture.errors import AttachError
 from ecapture.live.bccload import load_bcc
+from ecapture.live.bpfsys import BPF_TRACE_UPROBE_MULTI, link_create_uprobe_multi
 from ecapture.live.uprobes import REF_CTR_CLASH, Uprobes, has_uprobe_links
 from ecapture.testing.containers import host_library
 
@@ -95,8 +96,6 @@ def test_a_clash_is_said_in_one_line(bpf: Any) -> None:
     if not has_uprobe_links():
         pytest.skip("this kernel has no uprobe_multi links: the clash is shown by the "
                     "perf-event path alone, with the same words")
-    from ecapture.live.bpfsys import BPF_TRACE_UPROBE_MULTI, link_create_uprobe_multi
-
     libcrypto = str(host_library("libcrypto.so.3"))
     probes = Uprobes(supported=True)
     path, offset = probes._offset(bpf, libcrypto, FUNCTION, None)
